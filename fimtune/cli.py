@@ -1,0 +1,123 @@
+"""The `fimtune` command: one subcommand per stage; heavy imports stay inside the command that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fimtune import __version__
+from fimtune.config import ConfigError
+
+log = logging.getLogger("fimtune")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _recipe_relative(value: str | None, recipe: str | None) -> str | None:
+    """Paths inside a recipe are relative to the recipe's folder; flags are relative to the working folder."""
+    if value is None or recipe is None or Path(value).expanduser().is_absolute():
+        return value
+    return str(Path(recipe).parent / value)
+
+
+def cmd_build_corpus(args: argparse.Namespace) -> int:
+    from fimtune.config import CorpusConfig, load_config, load_yaml
+    from fimtune.corpus.pipeline import CorpusError, build_corpus
+
+    overrides: dict[str, Any] = {
+        "out": args.out,
+        "languages": args.languages,
+        "workers": args.workers,
+        "seed": args.seed,
+        "split": args.split,
+        "test_fraction": args.test_fraction,
+        "context.enabled": False if args.no_context else None,
+    }
+    if args.paths:
+        overrides["repos"] = args.paths
+    cfg = load_config(CorpusConfig, args.config, overrides)
+    if args.config:
+        recipe = load_yaml(args.config)
+        if not args.paths:
+            cfg.repos = [_recipe_relative(r, args.config) or r for r in cfg.repos]
+        if args.out is None and "out" in recipe:
+            cfg.out = _recipe_relative(cfg.out, args.config) or cfg.out
+    try:
+        manifest = build_corpus(cfg, overwrite=args.overwrite, progress=None if not args.quiet else False)
+    except CorpusError as e:
+        raise CommandError(str(e)) from None
+    counts = manifest["counts"]
+    ex = counts["examples"]
+    dropped = sum(manifest["dropped"].values())
+    print(
+        f"wrote {ex['train']} train and {ex['test']} test examples from {counts['files_kept']} of "
+        f"{counts['files_seen']} files ({dropped} skipped, see manifest.json) to {cfg.out} "
+        f"in {manifest['elapsed_s']:.1f}s",
+        file=sys.stderr,
+    )
+    for name in counts.get("empty_repos", []):
+        print(f"warning: repository {name} had no supported source files", file=sys.stderr)
+    return 0
+
+
+def _add_build_corpus(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "build-corpus",
+        help="cut repositories into fill-in-the-middle examples",
+        description="Cut repositories into fill-in-the-middle examples at syntax boundaries. "
+        "Each PATH is one repository. Settings come from --config (a recipe YAML; paths in it are relative "
+        "to the recipe), and flags override them.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="repository folders (default: the recipe's `repos`)")
+    p.add_argument("--out", help="output folder (default: corpora/out/default, or the recipe's `out`)")
+    p.add_argument("--config", help="recipe YAML with defaults for every setting (see corpora/)")
+    p.add_argument("--languages", nargs="+", help="only these languages (default: all supported)")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
+    p.add_argument("--split", choices=["auto", "repo", "file"], help="split by repository or file (default: auto)")
+    p.add_argument("--test-fraction", type=float, help="share of repositories or files for the test split")
+    p.add_argument("--no-context", action="store_true", help="do not attach cross-file context")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever the output folder holds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_build_corpus)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build_corpus]  # type: ignore[type-arg]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fimtune", description="Repositories in, a code completion model out.")
+    parser.add_argument("--version", action="version", version=f"fimtune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (CommandError, ConfigError) as e:
+        print(f"fimtune {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fimtune {args.command}: interrupted; nothing partial was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpus building: walk, filter, dedup, spans, context, split, write. Only pipeline.py knows the order."""

@@ -1,0 +1,350 @@
+"""The corpus build: the only place that knows the order of the stages.
+
+    walk (main) -> read, filter, redact secrets, sign (workers) -> dedup, split (main)
+      -> spans + file index (workers) -> repo index (main) -> context per example (workers) -> write (main)
+
+Work is per file, spread over processes; every result is sorted before it is written and every random
+choice is seeded from (seed, repo, path), so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from fimtune import CORPUS_FORMAT_VERSION
+from fimtune.config import CorpusConfig, to_dict
+from fimtune.corpus import dedup, filters, secrets, spans, split, walk, write
+from fimtune.records import FimExample, Snippet, SourceFile, Span, sha256_hex
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class CorpusError(Exception):
+    """A build cannot run; the message names the path or setting and says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Repo:
+    name: str
+    root: Path
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What the first worker stage learns about one file."""
+
+    repo: str
+    path: str
+    language: str | None
+    size: int
+    reason: str | None = None
+    text: str | None = None
+    sha: str = ""
+    signature: np.ndarray | None = None
+    secrets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CutResult:
+    """What the second worker stage learns about one kept file: its middles and its index entries."""
+
+    key: tuple[str, str]
+    spans: list[Span]
+    parse_ok: bool
+    file_index: Any = None
+
+
+# Set in the parent before a pool forks, read by the workers (fork shares it without pickling).
+_STATE: dict[str, Any] = {}
+
+
+def _read_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
+    repo, root, item = args
+    cfg: CorpusConfig = _STATE["cfg"]
+    res = ReadResult(repo=repo, path=item.path, language=item.language, size=item.size)
+    data, reason = walk.read_file(Path(root), item)
+    if data is None:
+        res.reason = reason or "unreadable"
+        return res
+    res.size = len(data)
+    text, reason = filters.decode_and_filter(item.path, data, cfg.filters)
+    if text is None:
+        res.reason = reason
+        return res
+    scan = secrets.scan_secrets(text, cfg.secrets)
+    if scan.redacted:
+        res.secrets = dict(scan.kinds)
+        if cfg.secrets.action == "drop":
+            res.reason = "secret"
+            return res
+    res.text = scan.text
+    res.sha = sha256_hex(scan.text)
+    if cfg.dedup.near:
+        res.signature = dedup.minhash_signature(scan.text, cfg.dedup)
+    return res
+
+
+def _cut_one(source: SourceFile) -> CutResult:
+    cfg: CorpusConfig = _STATE["cfg"]
+    rng = random.Random(f"{cfg.seed}\x00{source.repo}\x00{source.path}")
+    result = spans.choose_spans(source, cfg.spans, rng)
+    file_index = None
+    if cfg.context.enabled:
+        from fimtune import context
+
+        file_index = context.index_file(source, cfg.context)
+    return CutResult((source.repo, source.path), result.spans, result.parse_ok, file_index)
+
+
+def _context_one(args: tuple[SourceFile, list[Span]]) -> tuple[tuple[str, str], list[tuple[Snippet, ...]]]:
+    source, file_spans = args
+    index = _STATE["indexes"][source.repo]
+    data = source.data
+    out = []
+    for span in file_spans:
+        prefix = data[: span.start].decode("utf-8")
+        suffix = data[span.end :].decode("utf-8")
+        out.append(index.retrieve(source.path, source.language, prefix, suffix))
+    return (source.repo, source.path), out
+
+
+def _run(
+    fn: Callable[[T], R], items: list[T], workers: int, desc: str, sizes: list[int] | None, progress: bool
+) -> Iterator[R]:
+    """Map fn over items on `workers` processes (in this process when 1), with a progress bar."""
+    bar = tqdm(
+        total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False
+    )
+    start, done_bytes = time.perf_counter(), 0
+    if workers <= 1 or len(items) < 2:
+        results: Iterable[R] = map(fn, items)
+        pool = None
+    else:
+        pool = mp.get_context("fork").Pool(workers)
+        results = pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (workers * 8) or 1)))
+    try:
+        for i, r in enumerate(results):
+            if sizes is not None:
+                done_bytes += sizes[i]
+                if i % 50 == 0:
+                    bar.set_postfix_str(f"{done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
+            bar.update()
+            yield r
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def resolve_repos(paths: list[str]) -> list[Repo]:
+    """Each path must be an existing folder; names are folder names, made unique in the given order."""
+    if not paths:
+        raise CorpusError("no repository given: pass one or more folders, e.g. `fimtune build-corpus ./repo --out DIR`")
+    repos: list[Repo] = []
+    names: Counter[str] = Counter()
+    for p in paths:
+        root = Path(p).expanduser()
+        if not root.exists():
+            raise CorpusError(f"repository path {p} does not exist")
+        if not root.is_dir():
+            raise CorpusError(f"repository path {p} is not a folder")
+        root = root.resolve()
+        name = root.name or "repo"
+        names[name] += 1
+        if names[name] > 1:
+            name = f"{name}-{names[name]}"
+        repos.append(Repo(name, root))
+    return repos
+
+
+def corpus_identity(cfg: CorpusConfig, repos: list[Repo]) -> dict[str, Any]:
+    """What makes two builds the same corpus: inputs and every setting that changes the output."""
+    config = to_dict(cfg)
+    for volatile in ("workers", "out", "repos"):
+        config.pop(volatile, None)
+    return {
+        "format_version": CORPUS_FORMAT_VERSION,
+        "repos": [str(r.root) for r in repos],
+        "config": config,
+    }
+
+
+def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Build the corpus described by cfg into cfg.out; return the manifest."""
+    cfg.validate()
+    started = time.perf_counter()
+    repos = resolve_repos(cfg.repos)
+    out = Path(cfg.out).expanduser()
+    identity = corpus_identity(cfg, repos)
+    try:
+        staging = write.prepare_output(out, identity, overwrite)
+    except write.OutputError as e:
+        raise CorpusError(str(e)) from None
+    workers = cfg.workers or os.cpu_count() or 1
+    show = sys.stderr.isatty() if progress is None else progress
+    _STATE.clear()
+    _STATE["cfg"] = cfg
+    try:
+        manifest = _build(cfg, repos, identity, staging, workers, show, started)
+        write.finalize(out, staging, manifest, [s for s in ("train", "test") if manifest["counts"]["examples"][s]])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        _STATE.clear()
+    return manifest
+
+
+def _build(
+    cfg: CorpusConfig,
+    repos: list[Repo],
+    identity: dict[str, Any],
+    staging: Path,
+    workers: int,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    dropped: Counter[str] = Counter()
+    languages = set(cfg.languages)
+
+    # 1. Walk (main process: listing is cheap and ordered).
+    jobs: list[tuple[str, str, walk.WalkItem]] = []
+    files_seen = 0
+    empty_repos: list[str] = []
+    for repo in repos:
+        n_candidates = 0
+        for item in walk.walk_repo(repo.root, cfg.walk, languages):
+            if item.reason is None:
+                jobs.append((repo.name, str(repo.root), item))
+                n_candidates += 1
+                files_seen += 1
+            else:
+                dropped[item.reason] += 1
+                files_seen += item.reason != "skipped_dir" and item.reason != "ignored_dir"
+        if n_candidates == 0:
+            empty_repos.append(repo.name)
+            if len(repos) > 1:
+                log.warning("repository %s has no supported source files; skipped", repo.root)
+    if not jobs:
+        where = ", ".join(str(r.root) for r in repos)
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "no files at all"
+        raise CorpusError(f"no supported source files found in {where} ({why})")
+
+    # 2. Read, filter, redact, sign.
+    read: list[ReadResult] = []
+    secret_kinds: Counter[str] = Counter()
+    files_with_secrets = 0
+    bytes_in = 0
+    sizes = [j[2].size for j in jobs]
+    for res in _run(_read_one, jobs, workers, "reading", sizes, progress):
+        bytes_in += res.size
+        if res.secrets:
+            files_with_secrets += 1
+            secret_kinds.update(res.secrets)
+        if res.reason is not None:
+            dropped[res.reason] += 1
+        else:
+            read.append(res)
+
+    # 3. Dedup across every repository, then split.
+    result = dedup.deduplicate([dedup.DedupItem((r.repo, r.path), r.sha, r.signature) for r in read], cfg.dedup)
+    kept: list[ReadResult] = []
+    for r in read:
+        dup = result.duplicate_of.get((r.repo, r.path))
+        if dup is None:
+            kept.append(r)
+        else:
+            dropped[dup[0]] += 1
+    mode = split.resolve_mode(cfg.split, len(repos))
+    test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
+    side: dict[tuple[str, str], str] = {}
+    for r in kept:
+        if mode == "repo":
+            side[(r.repo, r.path)] = "test" if r.repo in test_repos else "train"
+        else:
+            side[(r.repo, r.path)] = split.file_split(r.repo, r.path, cfg.test_fraction, cfg.seed)
+    for member, rep in result.groups.items():  # a kept near-duplicate group stays on one side
+        side[member] = side[rep]
+
+    # 4. Middles and index entries.
+    sources = [SourceFile(r.repo, r.path, r.language or "", r.text or "") for r in kept]
+    cut: dict[tuple[str, str], CutResult] = {}
+    for c in _run(_cut_one, sources, workers, "cutting", [r.size for r in kept], progress):
+        cut[c.key] = c
+    parse_failures = sum(not c.parse_ok for c in cut.values())
+
+    # 5. Cross-file context with the same retriever the server uses.
+    contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = {}
+    if cfg.context.enabled:
+        from fimtune import context
+
+        indexes = {}
+        for repo in repos:
+            entries = [c.file_index for c in cut.values() if c.key[0] == repo.name and c.file_index is not None]
+            indexes[repo.name] = context.RepoIndex.build(entries, cfg.context)
+        _STATE["indexes"] = indexes
+        jobs2 = [(s, cut[(s.repo, s.path)].spans) for s in sources if cut[(s.repo, s.path)].spans]
+        for key, ctx in _run(_context_one, jobs2, workers, "context", None, progress):
+            contexts[key] = ctx
+
+    # 6. Examples, sorted, written per split.
+    examples: dict[str, list[FimExample]] = {"train": [], "test": []}
+    span_kinds: Counter[str] = Counter()
+    lang_files: Counter[str] = Counter()
+    for s in sources:
+        key = (s.repo, s.path)
+        lang_files[s.language] += 1
+        ctx = contexts.get(key)
+        for i, span in enumerate(cut[key].spans):
+            examples[side[key]].append(FimExample.from_span(s, span, ctx[i] if ctx else ()))
+            span_kinds[span.kind] += 1
+    for exs in examples.values():
+        exs.sort(key=lambda e: (e.repo, e.path, len(e.prefix), len(e.middle), e.span_kind))
+    data_dir = staging / "data"
+    shards = {name: write.write_split(data_dir, name, exs, cfg.shard_examples) for name, exs in examples.items()}
+
+    return {
+        "format_version": CORPUS_FORMAT_VERSION,
+        "identity": identity,
+        "config": to_dict(cfg),
+        "repos": [r.name for r in repos],
+        "split_mode": mode,
+        "test_repos": sorted(test_repos) if mode == "repo" else [],
+        "counts": {
+            "files_seen": files_seen,
+            "files_kept": len(kept),
+            "examples": {name: len(exs) for name, exs in examples.items()},
+            "parse_failures": parse_failures,
+            "empty_repos": empty_repos,
+        },
+        "dropped": dict(sorted(dropped.items())),
+        "secrets": {
+            "action": cfg.secrets.action,
+            "files": files_with_secrets,
+            "redacted": sum(secret_kinds.values()),
+            "kinds": dict(sorted(secret_kinds.items())),
+        },
+        "languages": dict(sorted(lang_files.items())),
+        "span_kinds": dict(sorted(span_kinds.items())),
+        "shards": shards,
+        "bytes_in": bytes_in,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }

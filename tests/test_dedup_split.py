@@ -1,0 +1,66 @@
+"""Dedup (exact and MinHash near duplicates) and the train/test split on literal inputs."""
+
+from __future__ import annotations
+
+from fimtune.config import DedupConfig
+from fimtune.corpus.dedup import DedupItem, deduplicate, minhash_signature
+from fimtune.corpus.split import file_split, pick_test_repos, resolve_mode
+from fimtune.records import sha256_hex
+
+BASE = "\n".join(f"def function_{i}(value, other):\n    return value * {i} + other - {i * 3}" for i in range(40))
+
+
+def _item(repo: str, path: str, text: str, cfg: DedupConfig) -> DedupItem:
+    return DedupItem((repo, path), sha256_hex(text), minhash_signature(text, cfg))
+
+
+def test_exact_duplicate_keeps_the_smallest_key() -> None:
+    cfg = DedupConfig()
+    items = [_item("b", "x.py", BASE, cfg), _item("a", "y.py", BASE, cfg), _item("a", "z.py", BASE + "\n# x\n", cfg)]
+    result = deduplicate(items, cfg)
+    assert result.duplicate_of[("b", "x.py")] == ("duplicate_exact", ("a", "y.py"))
+    assert ("a", "y.py") not in result.duplicate_of
+
+
+def test_near_duplicate_dropped_and_distinct_file_kept() -> None:
+    cfg = DedupConfig(threshold=0.8)
+    near = BASE.replace("function_7(", "function_seven(")
+    other = "\n".join(f"class Thing{i}:\n    size = {i}\n    name = 'thing{i}'" for i in range(40))
+    items = [_item("r", "a.py", BASE, cfg), _item("r", "b.py", near, cfg), _item("r", "c.py", other, cfg)]
+    result = deduplicate(items, cfg)
+    assert result.duplicate_of == {("r", "b.py"): ("duplicate_near", ("r", "a.py"))}
+
+
+def test_near_duplicates_kept_as_a_group_when_asked() -> None:
+    cfg = DedupConfig(threshold=0.8, near_action="keep")
+    near = BASE.replace("function_7(", "function_seven(")
+    result = deduplicate([_item("r", "b.py", near, cfg), _item("r", "a.py", BASE, cfg)], cfg)
+    assert result.duplicate_of == {}
+    assert result.groups == {("r", "b.py"): ("r", "a.py")}
+
+
+def test_signature_is_deterministic() -> None:
+    cfg = DedupConfig()
+    assert (minhash_signature(BASE, cfg) == minhash_signature(BASE, cfg)).all()
+
+
+def test_split_modes() -> None:
+    assert resolve_mode("auto", 1) == "file"
+    assert resolve_mode("auto", 3) == "repo"
+    assert resolve_mode("file", 3) == "file"
+
+
+def test_repo_split_picks_at_least_one_and_never_all() -> None:
+    assert len(pick_test_repos(["a", "b"], 0.1, 0)) == 1
+    assert pick_test_repos(["a"], 0.5, 0) == set()
+    chosen = pick_test_repos([f"r{i}" for i in range(20)], 0.25, 7)
+    assert len(chosen) == 5
+    assert chosen == pick_test_repos([f"r{i}" for i in reversed(range(20))], 0.25, 7)
+
+
+def test_file_split_is_stable_and_near_the_fraction() -> None:
+    sides = [file_split("repo", f"src/f{i}.py", 0.2, 0) for i in range(2000)]
+    assert sides == [file_split("repo", f"src/f{i}.py", 0.2, 0) for i in range(2000)]
+    share = sides.count("test") / len(sides)
+    assert 0.15 < share < 0.25
+    assert sides != [file_split("repo", f"src/f{i}.py", 0.2, 1) for i in range(2000)]
