@@ -88,7 +88,13 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=cmd_build_corpus)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build_corpus]  # type: ignore[type-arg]
+def _add_render(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from fimtune.render_cmd import add_render_parser
+
+    add_render_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build_corpus, _add_render]  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,119 @@
+"""`fimtune render`: show exactly what a model sees for corpus examples, middle marked, with token counts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from fimtune.records import FimExample
+
+
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer folder (or tokenizer.json) as saved by transformers or fimtune; errors name the path."""
+    from fimtune.cli import CommandError
+
+    p = Path(path).expanduser()
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except ImportError:
+        import tokenizers
+
+        file = p / "tokenizer.json" if p.is_dir() else p
+        if not file.exists():
+            raise CommandError(f"--tokenizer {path}: no tokenizer.json there") from None
+        return tokenizers.Tokenizer.from_file(str(file))
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--tokenizer {path}: cannot load a tokenizer from it ({e})") from None
+
+
+def pick(examples: list[FimExample], n: int, seed: int) -> list[FimExample]:
+    if n >= len(examples):
+        return examples
+    return sorted(random.Random(seed).sample(examples, n), key=lambda e: (e.repo, e.path, len(e.prefix)))
+
+
+def show(ex: FimExample, rendered: Any, out: TextIO, color: bool) -> None:
+    approx = "" if rendered.exact else " (approximate counts: no --tokenizer)"
+    head = (
+        f"=== {ex.id}  {ex.repo}/{ex.path}  {ex.span_kind}  template={rendered.template}  "
+        f"prompt={rendered.prompt_tokens} target={rendered.target_tokens} tokens{approx}"
+    )
+    mark_on, mark_off = ("\x1b[7m", "\x1b[0m") if color else ("⟦", "⟧")
+    out.write(f"{head}\n{rendered.prompt}{mark_on}{rendered.target}{mark_off}\n\n")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from fimtune.cli import CommandError
+    from fimtune.corpus.read import SPLITS, CorpusReadError, open_corpus
+    from fimtune.fim_format import Budgets, FimFormatError, check_tokenizer, detect_template, get_template, render
+    from fimtune.tokenizer import as_fim_tokenizer
+
+    try:
+        corpus = open_corpus(args.corpus)
+    except CorpusReadError as e:
+        raise CommandError(str(e)) from None
+    if args.split not in SPLITS:
+        raise CommandError(f"--split must be one of {', '.join(SPLITS)}")
+    tokenizer = as_fim_tokenizer(load_tokenizer(args.tokenizer)) if args.tokenizer else None
+    try:
+        if args.template == "auto":
+            if tokenizer is None:
+                raise CommandError("--template auto needs --tokenizer; or name one, e.g. --template qwen2.5-coder")
+            name = detect_template(tokenizer, None)
+        else:
+            name = args.template
+        template = get_template(name)
+        if tokenizer is not None:
+            check_tokenizer(template, tokenizer)
+        budgets = Budgets(max_tokens=args.max_tokens, max_middle_tokens=args.max_middle_tokens)
+        examples = pick(corpus.examples(args.split), args.n, args.seed)
+        if not examples:
+            raise CommandError(f"corpus {corpus.folder} has no {args.split} examples")
+        color = not args.json and sys.stdout.isatty()
+        for ex in examples:
+            rendered = render(template, ex, ex.middle, tokenizer, budgets)
+            if args.json:
+                record: dict[str, Any] = {
+                    "example_id": ex.id,
+                    "repo": ex.repo,
+                    "path": ex.path,
+                    "span_kind": ex.span_kind,
+                    "template": template.name,
+                    "prompt": rendered.prompt,
+                    "target": rendered.target,
+                    "prompt_tokens": rendered.prompt_tokens,
+                    "target_tokens": rendered.target_tokens,
+                    "exact_counts": rendered.exact,
+                    "context_kept": rendered.context_kept,
+                }
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                show(ex, rendered, sys.stdout, color)
+    except (FimFormatError, CorpusReadError) as e:
+        raise CommandError(str(e)) from None
+    return 0
+
+
+def add_render_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "render",
+        help="show exactly what the model sees for corpus examples",
+        description="Render corpus examples through a model family's FIM template, the same code training and "
+        "serving use. The target (middle + end text) is marked.",
+    )
+    p.add_argument("--corpus", required=True, help="corpus folder written by `fimtune build-corpus`")
+    p.add_argument("--template", default="auto", help="template name, or auto (needs --tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer folder: exact token counts and budgets")
+    p.add_argument("--split", default="train", help="train or test (default: train)")
+    p.add_argument("-n", type=int, default=3, help="how many examples (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="which examples are picked")
+    p.add_argument("--max-tokens", type=int, default=2048, help="prompt + target budget in tokens")
+    p.add_argument("--max-middle-tokens", type=int, default=256, help="tokens reserved for the middle")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_render)
