@@ -1,0 +1,475 @@
+"""Cross-file context: tag extraction, import resolution and retrieval on small literal repositories."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+
+from fimtune.config import ConfigError, ContextConfig
+from fimtune.context import Definition, FileIndex, RepoIndex, index_file
+from fimtune.languages import language_for_path
+from fimtune.records import SourceFile
+
+CFG = ContextConfig()
+
+
+def src(path: str, text: str) -> SourceFile:
+    lang = language_for_path(path)
+    assert lang is not None, path
+    return SourceFile("repo", path, lang, text)
+
+
+def defs(path: str, text: str) -> dict[str, Definition]:
+    """Definitions by name (by "name kind" when a name is defined twice, as a Rust struct and its impl)."""
+    found = index_file(src(path, text), CFG).definitions
+    names = [d.name for d in found]
+    return {(d.name if names.count(d.name) == 1 else f"{d.name} {d.kind}"): d for d in found}
+
+
+def repo(files: dict[str, str], cfg: ContextConfig = CFG) -> RepoIndex:
+    return RepoIndex.build((index_file(src(p, t), cfg) for p, t in files.items()), cfg)
+
+
+# ---- tag extraction ------------------------------------------------------------------------------------------
+
+PY = '''import os
+from .util import helper
+
+MAX_SIZE = 10
+
+# Adds things.
+@cache
+def add(a: int, b: int = 2) -> int:
+    """Add a and b.
+
+    Returns the sum.
+    """
+    def local():
+        return 1
+    return a + b + local()
+
+class Stack(Base):
+    """A stack."""
+    limit: int = 3
+
+    def push(self, item):
+        """Push one item."""
+        self.items.append(item)
+        return item
+'''
+
+
+def test_python_definitions_are_stubs() -> None:
+    d = defs("pkg/mod.py", PY)
+    assert {n: x.kind for n, x in d.items()} == {
+        "MAX_SIZE": "constant",
+        "add": "function",
+        "Stack": "class",
+        "push": "method",
+    }  # `local` is inside a function: not importable, not listed
+    assert d["add"].text == (
+        "# Adds things.\n@cache\ndef add(a: int, b: int = 2) -> int:\n"
+        '    """Add a and b.\n\n    Returns the sum.\n    """\n    ...'
+    )
+    assert "return a + b" not in d["add"].text
+    stack = d["Stack"].text
+    assert stack.startswith('class Stack(Base):\n    """A stack."""\n    limit: int = 3\n    def push(self, item):')
+    assert '"""Push one item."""' in stack and "append" not in stack
+    assert d["push"].text == 'def push(self, item):\n    """Push one item."""\n    ...'
+    assert (d["add"].start_line, d["add"].end_line) == (6, 14)  # from its decorator
+
+
+def test_typescript_and_javascript_definitions() -> None:
+    ts = defs(
+        "src/a.ts",
+        "/** Adds. */\nexport function add(a: number, b: number): number {\n  return a + b;\n}\n"
+        "export interface Shape {\n  area(): number;\n}\n"
+        "export class Box extends Base {\n  size = 1;\n  area(): number {\n    return 0;\n  }\n}\n"
+        "export const mul = (a: number) => {\n  return a * 2;\n};\n",
+    )
+    assert {n: x.kind for n, x in ts.items()} == {
+        "add": "function",
+        "Shape": "interface",
+        "Box": "class",
+        "area": "method",
+        "mul": "function",
+    }
+    assert ts["add"].text == "/** Adds. */\nexport function add(a: number, b: number): number {\n  ...\n}"
+    assert ts["Box"].text == "export class Box extends Base {\n  size = 1;\n  area(): number {\n    ...\n  }\n}"
+    assert ts["mul"].text == "export const mul = (a: number) => {\n  ...\n};"
+    tsx = defs("src/a.tsx", "export function App(): JSX.Element {\n  return <div/>;\n}\n")
+    assert tsx["App"].kind == "function" and "<div/>" not in tsx["App"].text
+    js = defs("a.js", "class K {\n  m(a) {\n    return a;\n  }\n}\nfunction f(x) {\n  return x;\n}\n")
+    assert {n: x.kind for n, x in js.items()} == {"K": "class", "m": "method", "f": "function"}
+
+
+def test_go_rust_java_c_cpp_definitions() -> None:
+    go = defs(
+        "p/a.go",
+        "package p\n\n// Sum adds.\nfunc Sum(a, b int) int {\n\treturn a + b\n}\n\n"
+        "type S struct {\n\tA int\n}\n\nfunc (s *S) Get() int {\n\treturn s.A\n}\n",
+    )
+    assert {n: x.kind for n, x in go.items()} == {"Sum": "function", "S": "class", "Get": "method"}
+    assert go["Sum"].text == "// Sum adds.\nfunc Sum(a, b int) int {\n\t...\n}"
+    assert go["S"].text == "type S struct {\n\tA int\n}"
+
+    rs = defs(
+        "src/lib.rs",
+        "/// A point.\npub struct P { x: i32 }\n\nimpl P {\n    /// New.\n    pub fn new() -> Self {\n"
+        "        P { x: 0 }\n    }\n}\n\npub trait T {\n    fn t(&self) -> i32;\n}\n",
+    )
+    assert rs["P class"].text == "/// A point.\npub struct P { x: i32 }"
+    assert rs["P impl"].text.startswith("impl P {\n    /// New.\n    pub fn new() -> Self {\n        ...")
+    assert rs["new"].kind == "method" and rs["new"].text == "/// New.\npub fn new() -> Self {\n    ...\n}"
+    assert rs["T"].kind == "interface" and "fn t(&self) -> i32;" in rs["T"].text
+
+    java = defs(
+        "a/b/A.java",
+        "package a.b;\n/** The A. */\npublic class A {\n    private int x = 1;\n"
+        "    /** Get. */\n    public int get(int y) {\n        return x + y;\n    }\n}\n",
+    )
+    assert {n: x.kind for n, x in java.items()} == {"A": "class", "get": "method"}
+    assert java["A"].text == (
+        "/** The A. */\npublic class A {\n    private int x = 1;\n    /** Get. */\n"
+        "    public int get(int y) {\n        ...\n    }\n}"
+    )
+
+    c = defs(
+        "a.c",
+        "/* Adds. */\nstatic int *add(int a, int b) {\n    return 0;\n}\nint proto(void);\n"
+        "struct point {\n    int x;\n};\n#define MAX(a, b) ((a) > (b) ? (a) : (b))\n",
+    )
+    assert {n: x.kind for n, x in c.items()} == {
+        "add": "function",
+        "proto": "function",
+        "point": "class",
+        "MAX": "macro",
+    }
+    assert c["add"].text == "/* Adds. */\nstatic int *add(int a, int b) {\n    ...\n}"
+
+    cpp = defs(
+        "a.cpp",
+        "namespace ns {\nclass W {\npublic:\n    int size() const { return n_; }\n};\n"
+        "template <typename T>\nT maxof(T a, T b) {\n    return a;\n}\nint W::grow(int y) {\n    return y;\n}\n}\n",
+    )
+    assert {n: x.kind for n, x in cpp.items()} == {
+        "W": "class",
+        "size": "method",
+        "maxof": "function",
+        "grow": "function",
+    }
+    assert cpp["maxof"].text == "template <typename T>\nT maxof(T a, T b) {\n    ...\n}"
+
+
+def test_long_class_stub_is_capped() -> None:
+    body = "".join(f"    def m{i}(self):\n        return {i}\n\n" for i in range(60))
+    d = defs("big.py", "class Big:\n" + body)["Big"]
+    assert len(d.text.split("\n")) <= CFG.definition_max_lines
+    assert d.text.endswith("...") and "def m0(self):" in d.text
+
+
+def test_import_specifiers_as_written() -> None:
+    def imports(path: str, text: str) -> tuple[str, ...]:
+        return index_file(src(path, text), CFG).imports
+
+    assert imports("p/m.py", "import a.b as q, c\nfrom ..x import y, z as w\nfrom . import u\n") == (
+        "a.b",
+        "c",
+        "..x",
+        "..x.y",
+        "..x.z",
+        ".",
+        ".u",
+    )
+    assert imports("a.ts", 'import x from "./x";\nexport * from "../y";\nconst z = require("./z");\n') == (
+        "./x",
+        "../y",
+        "./z",
+    )
+    assert imports("a.go", 'package a\nimport (\n\t"fmt"\n\tu "example.com/m/util"\n)\n') == (
+        "fmt",
+        "example.com/m/util",
+    )
+    assert imports("src/a.rs", "use crate::a::{b, c::{d, e}};\npub mod m;\n") == (
+        "crate::a::b",
+        "crate::a::c::d",
+        "crate::a::c::e",
+        "pub mod m",
+    )
+    assert imports("A.java", "import a.b.*;\nimport static a.c.D.m;\nimport a.c.E;\n") == ("a.b.*", "a.c.D.m", "a.c.E")
+    assert imports("a.c", '#include "x/y.h"\n#include <stdio.h>\n') == ("x/y.h", "<stdio.h>")
+
+
+def test_file_index_is_picklable_and_windows_cover_the_file() -> None:
+    text = "".join(f"line_{i} = {i}\n" for i in range(45))
+    fi = index_file(src("w.py", text), CFG)
+    assert pickle.loads(pickle.dumps(fi)) == fi
+    assert [w.start_line for w in fi.windows] == [0, 10, 20, 30]
+    assert fi.windows[-1].text.endswith("line_44 = 44")
+    assert fi.windows[0].tokens[:2] == ("line_0",) * 1 + ("line_1",)
+
+
+# ---- import resolution ---------------------------------------------------------------------------------------
+
+
+def test_resolve_python() -> None:
+    index = repo(
+        {
+            "src/pkg/__init__.py": "",
+            "src/pkg/util.py": "def helper(): pass\n",
+            "src/pkg/sub/__init__.py": "",
+            "src/pkg/sub/deep.py": "from .. import util\nfrom ..util import helper\nfrom . import other\n",
+            "src/pkg/sub/other.py": "",
+            "app.py": "import pkg.util\nfrom pkg.sub import deep\nimport os\n",
+            "tools/util.py": "",
+        }
+    )
+    assert index.resolve_imports("src/pkg/sub/deep.py") == [
+        "src/pkg/__init__.py",
+        "src/pkg/util.py",
+        "src/pkg/sub/__init__.py",  # `from . import other` runs the package's __init__ too
+        "src/pkg/sub/other.py",
+    ]
+    assert index.resolve_imports("app.py") == ["src/pkg/util.py", "src/pkg/sub/__init__.py", "src/pkg/sub/deep.py"]
+
+
+def test_resolve_javascript_and_typescript() -> None:
+    index = repo(
+        {
+            "web/app.ts": 'import { a } from "./lib/a";\nimport b from "./lib";\nimport c from "../shared/c.js";\n'
+            'import React from "react";\n',
+            "web/lib/a.tsx": "export const a = 1;\n",
+            "web/lib/index.ts": "export default 2;\n",
+            "shared/c.ts": "export default 3;\n",
+            "web/main.js": 'const u = require("./util");\n',
+            "web/util.jsx": "module.exports = 1;\n",
+        }
+    )
+    assert index.resolve_imports("web/app.ts") == ["web/lib/a.tsx", "web/lib/index.ts", "shared/c.ts"]
+    assert index.resolve_imports("web/main.js") == ["web/util.jsx"]
+
+
+def test_resolve_go() -> None:
+    index = repo(
+        {
+            "cmd/main.go": 'package main\nimport (\n\t"fmt"\n\t"example.com/m/internal/util"\n)\n',
+            "internal/util/a.go": "package util\n",
+            "internal/util/b.go": "package util\n",
+            "internal/util/a_test.go": "package util\n",
+        }
+    )
+    assert index.resolve_imports("cmd/main.go") == ["internal/util/a.go", "internal/util/b.go"]
+
+
+def test_resolve_rust() -> None:
+    index = repo(
+        {
+            "src/lib.rs": "pub mod net;\nmod util;\nuse crate::net::http::Client;\n",
+            "src/net/mod.rs": "pub mod http;\nuse super::util::helper;\n",
+            "src/net/http.rs": "use crate::{util, Thing};\nuse self::inner::X;\n",
+            "src/util.rs": "pub fn helper() {}\n",
+        }
+    )
+    assert index.resolve_imports("src/lib.rs") == ["src/net/mod.rs", "src/util.rs", "src/net/http.rs"]
+    assert index.resolve_imports("src/net/mod.rs") == ["src/net/http.rs", "src/util.rs"]
+    assert index.resolve_imports("src/net/http.rs") == ["src/util.rs", "src/lib.rs"]
+
+
+def test_resolve_java() -> None:
+    index = repo(
+        {
+            "src/main/java/com/x/App.java": "package com.x;\nimport com.x.util.Strings;\nimport com.x.model.*;\n"
+            "import static com.x.util.Maths.max;\nimport java.util.List;\n",
+            "src/main/java/com/x/util/Strings.java": "package com.x.util;\n",
+            "src/main/java/com/x/util/Maths.java": "package com.x.util;\n",
+            "src/main/java/com/x/model/A.java": "package com.x.model;\n",
+            "src/main/java/com/x/model/B.java": "package com.x.model;\n",
+        }
+    )
+    assert index.resolve_imports("src/main/java/com/x/App.java") == [
+        "src/main/java/com/x/util/Strings.java",
+        "src/main/java/com/x/model/A.java",
+        "src/main/java/com/x/model/B.java",
+        "src/main/java/com/x/util/Maths.java",
+    ]
+
+
+def test_resolve_c_and_cpp_includes() -> None:
+    index = repo(
+        {
+            "src/main.c": '#include "local.h"\n#include "lib/api.h"\n#include <stdio.h>\n#include <proj/conf.h>\n',
+            "src/local.h": "int f(void);\n",
+            "include/lib/api.h": "int g(void);\n",
+            "include/proj/conf.h": "#define X 1\n",
+            "src/x.cpp": '#include "../include/lib/api.h"\n',
+        }
+    )
+    assert index.resolve_imports("src/main.c") == ["src/local.h", "include/lib/api.h", "include/proj/conf.h"]
+    assert index.resolve_imports("src/x.cpp") == ["include/lib/api.h"]
+
+
+# ---- retrieval -----------------------------------------------------------------------------------------------
+
+GEOMETRY = '''"""Shapes."""
+
+
+def area_of_circle(radius):
+    """Area of a circle of the given radius."""
+    return 3.14159 * radius * radius
+
+
+def unrelated_helper():
+    """Not used by main."""
+    return None
+'''
+
+REPORT = """def monthly_report(ledger_entries, exchange_rates):
+    totals = {}
+    for entry in ledger_entries:
+        rate = exchange_rates[entry.currency]
+        totals[entry.account] = totals.get(entry.account, 0) + entry.amount * rate
+    return totals
+"""
+
+MAIN = """from .geometry import area_of_circle
+
+
+def summary(ledger_entries, exchange_rates):
+    for entry in ledger_entries:
+        rate = exchange_rates[entry.currency]
+    return area_of_circle(2)
+"""
+
+
+def small_repo(cfg: ContextConfig = CFG) -> RepoIndex:
+    return repo({"app/__init__.py": "", "app/geometry.py": GEOMETRY, "app/report.py": REPORT, "app/main.py": MAIN}, cfg)
+
+
+def test_retrieve_imported_definition_and_similar_window() -> None:
+    index = small_repo()
+    cut = MAIN.index("    return area_of_circle")
+    snippets = index.retrieve("app/main.py", "python", MAIN[:cut] + "    return area_of", MAIN[cut + 18 :])
+    kinds = [(s.kind, s.path) for s in snippets]
+    assert kinds[0] == ("definition", "app/geometry.py")
+    assert "def area_of_circle(radius):" in snippets[0].text and "3.14159" not in snippets[0].text
+    assert ("similar", "app/report.py") in kinds
+    similar = next(s for s in snippets if s.kind == "similar" and s.path == "app/report.py")
+    assert "exchange_rates[entry.currency]" in similar.text
+    assert all(s.path != "app/main.py" for s in snippets)
+
+
+def test_definitions_used_near_the_cursor_come_first() -> None:
+    index = small_repo()
+    filler = "".join(f"z{i} = {i}\n" for i in range(30))
+    prefix = (
+        "from .geometry import area_of_circle, unrelated_helper\n" + filler + "def f():\n    return unrelated_helper("
+    )
+    snippets = index.retrieve("app/main.py", "python", prefix)
+    assert snippets[0].kind == "definition" and "def unrelated_helper():" in snippets[0].text
+
+
+def test_own_file_is_never_a_source() -> None:
+    # A repo of near-copies: the best lexical match would be the file itself.
+    body = "def compute_totals(rows):\n    return sum(row.value for row in rows)\n"
+    index = repo({"a.py": body, "b.py": body.replace("compute_totals", "compute_sums")})
+    snippets = index.retrieve("a.py", "python", body)
+    assert snippets and all(s.path == "b.py" for s in snippets)
+
+
+def test_budget_and_count_limits() -> None:
+    files = {f"m{i}.py": "".join(f"value_{j} = shared_name + {j}\n" for j in range(60)) for i in range(6)}
+    files["target.py"] = "total = shared_name + value_1\n"
+    for max_chars, max_snippets in ((4000, 8), (500, 8), (4000, 2), (150, 1)):
+        cfg = ContextConfig(max_chars=max_chars, max_snippets=max_snippets)
+        snippets = repo(files, cfg).retrieve("target.py", "python", files["target.py"])
+        assert snippets, (max_chars, max_snippets)
+        assert sum(len(s.text) for s in snippets) <= max_chars
+        assert len(snippets) <= max_snippets
+
+
+def test_windows_never_overlap_or_repeat() -> None:
+    text = "".join(f"alpha_{i % 7} = beta_{i % 5}(gamma)  # {i}\n" for i in range(120))  # unique lines
+    index = repo({"big.py": text, "q.py": "x = 1\n"}, ContextConfig(max_chars=100_000, max_snippets=50))
+    snippets = index.retrieve("q.py", "python", "alpha_1 = beta_2(gamma)\nalpha_3 = beta_4(gamma)\n")
+    assert len(snippets) > 1
+    starts = sorted(text.split("\n").index(s.text.split("\n")[0]) for s in snippets)
+    texts = [s.text for s in snippets]
+    assert len(set(texts)) == len(texts)
+    # No two windows share a line: each starts after the previous one ends.
+    lengths = {text.split("\n").index(s.text.split("\n")[0]): s.text.count("\n") + 1 for s in snippets}
+    for a, b in itertools.pairwise(starts):
+        assert a + lengths[a] <= b
+
+
+def test_incremental_updates_equal_a_full_rebuild() -> None:
+    files = {"app/__init__.py": "", "app/geometry.py": GEOMETRY, "app/report.py": REPORT, "app/main.py": MAIN}
+    index = repo(files)
+    queries = [
+        ("app/main.py", MAIN[: MAIN.index("    return")]),
+        ("app/report.py", REPORT[:120]),
+        ("app/geometry.py", GEOMETRY),
+    ]
+    # modify, add, remove
+    files["app/report.py"] = (
+        REPORT.replace("monthly_report", "weekly_report") + "\n\ndef area_of_square(side):\n    pass\n"
+    )
+    index.update(index_file(src("app/report.py", files["app/report.py"]), CFG))
+    files["app/extra.py"] = "def area_of_circle_fast(radius):\n    return radius * radius * 3\n"
+    index.update(index_file(src("app/extra.py", files["app/extra.py"]), CFG))
+    del files["app/geometry.py"]
+    index.remove("app/geometry.py")
+    rebuilt = repo(files)
+    assert index.paths == rebuilt.paths
+    for path, prefix in queries:
+        assert index.retrieve(path, "python", prefix) == rebuilt.retrieve(path, "python", prefix)
+        assert index.resolve_imports(path) == rebuilt.resolve_imports(path)
+    got = index.retrieve("app/main.py", "python", MAIN)
+    assert all(s.path != "app/geometry.py" for s in got)
+    assert any("weekly_report" in s.text for s in got) and not any("monthly_report" in s.text for s in got)
+    # Adding the imported file back makes its definition reappear.
+    index.update(index_file(src("app/geometry.py", GEOMETRY), CFG))
+    assert any(
+        s.kind == "definition" and "area_of_circle(radius)" in s.text
+        for s in index.retrieve("app/main.py", "python", MAIN)
+    )
+
+
+def test_update_touches_only_that_file() -> None:
+    index = small_repo()
+    before = {p: index.definitions(p) for p in index.paths}
+    index.update(index_file(src("app/report.py", "def other():\n    pass\n"), CFG))
+    for path in index.paths:
+        if path != "app/report.py":
+            assert index.definitions(path) is before[path]
+    assert [d.name for d in index.definitions("app/report.py")] == ["other"]
+
+
+def test_retrieval_is_deterministic() -> None:
+    files = {f"f{i}.py": f"def fn_{i}(shared, arg_{i}):\n    return shared.combine(arg_{i})\n" for i in range(12)}
+    forward = repo(files)
+    backward = RepoIndex.build([index_file(src(p, files[p]), CFG) for p in reversed(list(files))], CFG)
+    prefix = "def g(shared, x):\n    return shared.combine("
+    first = forward.retrieve("new.py", "python", prefix)
+    assert first == forward.retrieve("new.py", "python", prefix) == backward.retrieve("new.py", "python", prefix)
+    # All twelve windows tie: the earliest paths win.
+    assert [s.path for s in first if s.kind == "similar"][:3] == ["f0.py", "f1.py", "f10.py"]
+
+
+def test_unindexed_buffer_uses_its_live_imports() -> None:
+    index = small_repo()
+    snippets = index.retrieve("app/new.py", "python", "from .geometry import area_of_circle\n\nx = area_of_circle(")
+    assert snippets and snippets[0].kind == "definition" and "area_of_circle" in snippets[0].text
+
+
+def test_bad_config_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"context\.max_chars"):
+        RepoIndex(ContextConfig(max_chars=0))
+    with pytest.raises(ConfigError, match="definitions_share"):
+        RepoIndex(ContextConfig(definitions_share=1.5))
+
+
+def test_file_index_fields() -> None:
+    fi = index_file(src("x.py", "import os\n"), CFG)
+    assert isinstance(fi, FileIndex) and fi.language == "python" and fi.imports == ("os",)
