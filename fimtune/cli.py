@@ -66,7 +66,7 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_build_corpus(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build-corpus",
         help="cut repositories into fill-in-the-middle examples",
@@ -88,13 +88,23 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=cmd_build_corpus)
 
 
-def _add_render(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_render(sub: argparse._SubParsersAction) -> None:
     from fimtune.render_cmd import add_render_parser
 
     add_render_parser(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build_corpus, _add_render]  # type: ignore[type-arg]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from fimtune.train.cli import add_train_parser
+
+    add_train_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_build_corpus,
+    _add_train,
+    _add_render,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -312,9 +312,9 @@ def _build(
     for s in sources:
         key = (s.repo, s.path)
         lang_files[s.language] += 1
-        ctx = contexts.get(key)
+        file_ctx = contexts.get(key)
         for i, span in enumerate(cut[key].spans):
-            examples[side[key]].append(FimExample.from_span(s, span, ctx[i] if ctx else ()))
+            examples[side[key]].append(FimExample.from_span(s, span, file_ctx[i] if file_ctx else ()))
             span_kinds[span.kind] += 1
     for exs in examples.values():
         exs.sort(key=lambda e: (e.repo, e.path, len(e.prefix), len(e.middle), e.span_kind))

@@ -1,0 +1,168 @@
+"""Training data: read a corpus, render each example through fim_format to ids + labels, measure real tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from fimtune import CORPUS_FORMAT_VERSION
+from fimtune.fim_format import IGNORE_INDEX, Budgets, FimTemplate, encode, render
+from fimtune.records import FimExample
+from fimtune.tokenizer import as_fim_tokenizer
+
+
+class DataError(Exception):
+    """The corpus cannot be used for training; the message names the folder and says what to do."""
+
+
+@dataclass
+class Corpus:
+    folder: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    train: list[FimExample]
+    test: list[FimExample]
+
+
+def _read_split(folder: Path, split: str) -> list[FimExample]:
+    out: list[FimExample] = []
+    for shard in sorted((folder / "data").glob(f"{split}-*.parquet")):
+        try:
+            rows = pq.read_table(shard).to_pylist()
+        except OSError as e:
+            raise DataError(f"corpus shard {shard} is not readable Parquet ({e}); rebuild the corpus") from None
+        out.extend(FimExample.from_row(r) for r in rows)
+    return out
+
+
+def load_corpus(folder: str | Path) -> Corpus:
+    """Read a corpus written by `fimtune build-corpus`; refuse a missing, empty or other-version corpus."""
+    root = Path(folder).expanduser()
+    build = "build one with `fimtune build-corpus REPO --out DIR`"
+    if not root.is_dir():
+        raise DataError(f"corpus folder {root} does not exist; {build}")
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise DataError(f"{root} is not a fimtune corpus (no manifest.json, or its build did not finish); {build}")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{manifest_path} is not valid JSON ({e}); rebuild the corpus") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != CORPUS_FORMAT_VERSION:
+        raise DataError(
+            f"corpus {root} has format version {version!r}, but this fimtune reads version {CORPUS_FORMAT_VERSION}; "
+            "rebuild it with this fimtune's `fimtune build-corpus`"
+        )
+    train = _read_split(root, "train")
+    if not train:
+        raise DataError(f"corpus {root} has no training examples; build it from repositories with source files")
+    return Corpus(root, manifest, hashlib.sha256(raw).hexdigest(), train, _read_split(root, "test"))
+
+
+@dataclass
+class RenderStats:
+    """What rendering did to a split (reported in train_report.json)."""
+
+    examples: int = 0
+    kept: int = 0
+    no_target: int = 0  # dropped: nothing left to learn (middle cut to nothing)
+    middle_cut: int = 0  # middle longer than max_middle_tokens: cut, no end token learned
+    prefix_cut: int = 0
+    suffix_cut: int = 0
+    context_dropped: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "lengths"}
+        d["mean_length"] = round(self.tokens / self.kept, 1) if self.kept else 0.0
+        return d
+
+
+def render_examples(
+    examples: Sequence[FimExample], template: FimTemplate, tokenizer: object, budgets: Budgets
+) -> tuple[dict[str, list[list[int]]], RenderStats]:
+    """Each example as (input_ids, labels) through the shared prompt layer; labels are IGNORE_INDEX everywhere
+    but the middle and the end token. Returns the columns and what rendering cut."""
+    tok = as_fim_tokenizer(tokenizer)  # adapt once: wrapping copies the tokenizer
+    cols: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    st = RenderStats(examples=len(examples))
+    for ex in examples:
+        rendered = render(template, ex, ex.middle, tok, budgets)
+        ids, labels = encode(template, rendered, tok)
+        n_target = sum(1 for x in labels if x != IGNORE_INDEX)
+        tr = rendered.truncation
+        st.middle_cut += tr.middle_chars > 0
+        st.prefix_cut += tr.prefix_chars > 0
+        st.suffix_cut += tr.suffix_chars > 0
+        st.context_dropped += tr.context_dropped
+        if n_target == 0:
+            st.no_target += 1
+            continue
+        cols["input_ids"].append(ids)
+        cols["labels"].append(labels)
+        st.kept += 1
+        st.tokens += len(ids)
+        st.target_tokens += n_target
+        st.lengths.append(len(ids))
+    return cols, st
+
+
+def sample(examples: Sequence[FimExample], n: int, seed: int) -> list[FimExample]:
+    """At most n examples, chosen by a seeded shuffle (all of them, in order, when n is 0 or covers them)."""
+    if n <= 0 or n >= len(examples):
+        return list(examples)
+    picked = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in picked]
+
+
+def to_dataset(cols: dict[str, list[list[int]]]) -> Any:
+    """Columns as a datasets.Dataset that SFTTrainer takes as already tokenized (it keeps our labels as they are)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(cols)
+
+
+class TokenMeter:
+    """Wraps a data collator and counts, per batch, tokens processed, real (non-pad) tokens and target tokens."""
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collator = collator
+        self.batches = 0
+        self.processed = 0
+        self.real = 0
+        self.target = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        ids = batch["input_ids"]
+        self.batches += 1
+        self.processed += int(ids.numel())
+        mask = batch.get("attention_mask")
+        # Padding-free batches carry no mask: one flat row, padded only to pad_to_multiple_of.
+        self.real += int(mask.sum()) if mask is not None else sum(len(f["input_ids"]) for f in features)
+        self.target += int((batch["labels"] != IGNORE_INDEX).sum())
+        return batch
+
+    @property
+    def real_share(self) -> float:
+        return self.real / self.processed if self.processed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "tokens_processed": self.processed,
+            "real_tokens": self.real,
+            "target_tokens": self.target,
+            "real_token_share": round(self.real_share, 4),
+        }

@@ -1,0 +1,286 @@
+"""The base model: resolve a name (or the built-in `tiny` preset), load it, quantize, pick attention, add LoRA."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fimtune.train.config import LoraSettings
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+# Bump when the tiny preset's architecture or tokenizer changes: the cache folder name changes with it.
+TINY_VERSION = 1
+TINY_SEED = 0
+TINY_ARCH: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 8192,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    # Wider than the usual 0.02 so a frozen random head leaves LoRA room to move the logits (tests overfit it).
+    "initializer_range": 0.1,
+}
+
+
+class ModelError(Exception):
+    """The base model cannot be found, loaded or adapted; the message says which and what to do."""
+
+
+def cache_root() -> Path:
+    """Where fimtune keeps what it builds itself (the `tiny` preset): $FIMTUNE_CACHE or ~/.cache/fimtune."""
+    env = os.environ.get("FIMTUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fimtune"
+
+
+def _tiny_spec() -> dict[str, Any]:
+    from fimtune.fim_format import TEMPLATES
+
+    return {
+        "version": TINY_VERSION,
+        "seed": TINY_SEED,
+        "arch": TINY_ARCH,
+        "template": "fimtune",
+        "tokens": list(TEMPLATES["fimtune"].tokens()),
+    }
+
+
+def tiny_model_dir() -> Path:
+    """The cache folder of the `tiny` preset; its name hashes everything the weights depend on."""
+    digest = hashlib.sha256(json.dumps(_tiny_spec(), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"tiny-{digest}"
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """Write the `tiny` preset into `folder`: a 2-layer Llama with a byte-level tokenizer carrying fimtune's
+    sentinel tokens, with weights drawn from a fixed seed (the same bytes on every machine)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fimtune.fim_format import TEMPLATES
+    from fimtune.tokenizer import byte_tokenizer_for, save_tokenizer
+
+    template = TEMPLATES["fimtune"]
+    tok = byte_tokenizer_for(template)
+    end_id = tok.token_to_id(template.end)
+    pad_id = tok.token_to_id(template.pad) if template.pad else end_id
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        bos_token_id=None,
+        eos_token_id=end_id,
+        pad_token_id=pad_id,
+        **{k: v for k, v in TINY_ARCH.items() if k != "model_type"},
+    )
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    model.generation_config.eos_token_id = end_id
+    model.generation_config.pad_token_id = pad_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    save_tokenizer(tok, folder, template, model_max_length=TINY_ARCH["max_position_embeddings"])
+    (folder / "fimtune_preset.json").write_text(json.dumps(_tiny_spec(), indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def ensure_tiny_model() -> Path:
+    """The `tiny` preset's folder, built on first use; safe when several processes ask at once."""
+    final = tiny_model_dir()
+    if (final / "fimtune_preset.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    build_tiny_model(staging)
+    try:
+        os.replace(staging, final)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (final / "fimtune_preset.json").exists():
+            raise
+    log.info("built the tiny preset model in %s", final)
+    return final
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_base_model(name: str) -> Path:
+    """A base model name -> a local folder: `tiny` (built and cached), a folder, or a Hugging Face Hub id
+    (downloaded to, or found in, the Hugging Face cache)."""
+    if name == TINY:
+        return ensure_tiny_model()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"base model folder {path} has no config.json; point --base-model at a model folder")
+        return path
+    if path.exists():
+        raise ModelError(f"base model {path} is a file; --base-model takes a model folder, a hub id or `tiny`")
+    if not _HUB_ID.match(name):
+        raise ModelError(f"base model {name} does not exist; give a model folder, a Hugging Face model id, or `tiny`")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+            )
+        )
+    except Exception as e:  # network, auth, unknown repo: all mean "cannot get this model"
+        raise ModelError(
+            f"base model {name!r} is neither a local folder nor reachable on the Hugging Face Hub "
+            f"({type(e).__name__}); check the name, or download it and pass its folder"
+        ) from None
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {path}: {e}") from None
+
+
+def model_type_of(path: Path) -> str:
+    try:
+        return str(json.loads((path / "config.json").read_text())["model_type"])
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path / 'config.json'} is not a model config ({e})") from None
+
+
+def pick_attention(requested: str, on_gpu: bool) -> str:
+    """flash_attention_2 when asked or (auto) when flash-attn is installed and a GPU is used; else sdpa."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if has_flash and on_gpu else "sdpa"
+    if requested == "flash_attention_2" and not (has_flash and on_gpu):
+        raise ModelError(
+            "attention flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install flash-attn); "
+            "use --attention sdpa"
+        )
+    return requested
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    attention: str
+    dtype: str
+    quantize: str
+    device: str
+
+
+def load_base_model(
+    path: Path,
+    *,
+    quantize: str = "none",
+    attention: str = "auto",
+    gradient_checkpointing: bool = False,
+    device_index: int = 0,
+) -> LoadedModel:
+    """Load the base for training: bf16 on GPU, fp32 on CPU; 4-bit NF4 (double quantization) or 8-bit through
+    bitsandbytes, prepared for k-bit training; attention chosen by pick_attention and logged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": pick_attention(attention, on_gpu)}
+    if quantize != "none":
+        if not on_gpu or importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelError(
+                f"--quantize {quantize} needs a CUDA GPU and bitsandbytes (pip install 'fimtune[gpu]'); "
+                "use --quantize none on this machine"
+            )
+        from transformers import BitsAndBytesConfig
+
+        if quantize == "4bit":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_quant_storage=torch.bfloat16,
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device_index}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a causal language model from {path}: {str(e).splitlines()[0]}") from None
+    model.config.use_cache = False
+    if quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    log.info(
+        "loaded %s (%s, %s attention%s)",
+        path,
+        str(dtype).removeprefix("torch."),
+        kwargs["attn_implementation"],
+        f", {quantize}" if quantize != "none" else "",
+    )
+    return LoadedModel(
+        model=model,
+        attention=kwargs["attn_implementation"],
+        dtype=str(dtype).removeprefix("torch."),
+        quantize=quantize,
+        device="cuda" if on_gpu else "cpu",
+    )
+
+
+def check_vocab_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a tokenizer with ids beyond the model's embeddings: fimtune never resizes a base's embeddings
+    (adapters of resized models cannot be served by vLLM or llama.cpp)."""
+    weight: Any = model.get_input_embeddings().weight
+    rows = int(weight.shape[0])
+    if len(tokenizer) > rows:
+        raise ModelError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings have {rows} rows; "
+            "fimtune does not resize embeddings: use the tokenizer that came with the model"
+        )
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    """LoRA on every linear layer but the output head by default ("all-linear"); rsLoRA on request."""
+    from peft import LoraConfig
+
+    targets: str | list[str] = (
+        "all-linear" if settings.target_modules == ["all-linear"] else list(settings.target_modules)
+    )
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        use_rslora=settings.rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )

@@ -1,0 +1,305 @@
+"""The training recipe, top to bottom: corpus -> base model -> render + pack -> LoRA SFT (TRL) -> adapter + metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from fimtune import CORPUS_FORMAT_VERSION, __version__
+from fimtune.config import to_dict
+from fimtune.fim_format import FORMAT_VERSION, FimFormatError, check_tokenizer, detect_template, get_template
+from fimtune.run_meta import RunMeta, write_run_meta
+from fimtune.train.config import TrainConfig
+from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
+from fimtune.train.model import (
+    check_vocab_fits,
+    load_base_model,
+    load_tokenizer,
+    lora_config,
+    model_type_of,
+    pick_attention,
+    resolve_base_model,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+REPORT = "train_report.json"
+MERGED = "merged"
+
+
+class TrainError(Exception):
+    """Training cannot start or went wrong; the message says what to change. Checkpoints written stay."""
+
+
+class NonFiniteLoss(Exception):
+    """Raised from inside the training loop when the logged loss is NaN or infinite."""
+
+
+class _Guard(TrainerCallback):
+    """Stops the run on a NaN/inf loss; remembers where the run started and hands the collator back for eval."""
+
+    def __init__(self, trainer_ref: dict[str, Any]) -> None:
+        self.ref = trainer_ref
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+        trainer = self.ref["trainer"]
+        # The train dataloader already holds the meter; evaluation batches are not counted.
+        trainer.data_collator = self.ref["meter"].collator
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise NonFiniteLoss(f"the {key.replace('_', ' ')} became {value} at step {state.global_step}")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    adapter: Path
+    report: dict[str, Any]
+    meta: RunMeta
+    merged: Path | None
+
+
+def _peak_memory_mib(on_gpu: bool) -> tuple[float, str]:
+    if on_gpu:
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def _check_run_folder(out: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to train over an existing run."""
+    ckpts = out / CHECKPOINTS
+    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    if resume:
+        if last is None:
+            raise TrainError(f"--resume: {ckpts} holds no checkpoint to continue from; run without --resume")
+        return last
+    if last is not None or (out / "adapter_config.json").exists():
+        raise TrainError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
+    return None
+
+
+def padding_free(cfg: TrainConfig, attention: str) -> bool:
+    """Padding-free packing when asked, or (auto) when the attention kernel is varlen (flash_attention_2).
+
+    sdpa and eager handle a packed row correctly (transformers builds a block-diagonal mask from the position
+    ids), but they attend over the whole flat row: on them padded, length-grouped batches are faster.
+    """
+    return cfg.packing == "padding_free" or (cfg.packing == "auto" and attention == "flash_attention_2")
+
+
+def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed: bool) -> SFTConfig:
+    """TRL's settings for this run (everything TrainConfig leaves to the trainer stays at TRL's default)."""
+    eval_steps = min(cfg.eval_steps, cfg.max_steps) if cfg.max_steps else cfg.eval_steps
+    return SFTConfig(
+        output_dir=str(out / CHECKPOINTS),
+        max_steps=cfg.max_steps or -1,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.rows_per_batch,
+        per_device_eval_batch_size=cfg.rows_per_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,  # also makes torchrun/accelerate processes on CPU join one gloo group
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        max_length=cfg.seq_len,
+        packing=packed,
+        packing_strategy="bfd",
+        padding_free=packed,
+        train_sampling_strategy="random" if packed else "group_by_length",
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="all",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=not os.isatty(2),
+    )
+
+
+def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Run `fimtune train`: returns where the adapter is and the report. Raises TrainError on bad input."""
+    started = time.perf_counter()
+    cfg.validate()
+    out = Path(cfg.out).expanduser()
+    resume_from = _check_run_folder(out, cfg.resume)
+
+    # 1. Corpus.
+    corpus = load_corpus(cfg.corpus)
+
+    # 2. Base model's tokenizer and template: never add tokens to it.
+    base_path = resolve_base_model(cfg.base_model)
+    tokenizer = load_tokenizer(base_path)
+    model_type = model_type_of(base_path)
+    try:
+        template = get_template(detect_template(tokenizer, model_type) if cfg.template == "auto" else cfg.template)
+        check_tokenizer(template, tokenizer)
+    except FimFormatError as e:
+        raise TrainError(str(e)) from None
+    if tokenizer.pad_token is None:  # an existing token, never a new one
+        tokenizer.pad_token = template.pad or tokenizer.eos_token or template.end
+    log.info("template %s (%s)%s", template.name, template.family, " detected" if cfg.template == "auto" else "")
+
+    # 3. Data: rendered through the shared prompt layer, labels on the middle and the end token only.
+    budgets = cfg.budgets()
+    train_cols, train_stats = render_examples(
+        sample(corpus.train, cfg.max_train_examples, cfg.seed), template, tokenizer, budgets
+    )
+    if not train_stats.kept:
+        raise TrainError(f"no training example of {corpus.folder} has a middle left after rendering; raise --seq-len")
+    eval_cols, eval_stats = render_examples(
+        sample(corpus.test, cfg.eval_examples, cfg.seed), template, tokenizer, budgets
+    )
+    has_eval = eval_stats.kept > 0
+    if not has_eval:
+        log.warning("corpus %s has no test examples: no evaluation loss, the last checkpoint is kept", corpus.folder)
+
+    # 4. Model: dtype, quantization, attention; LoRA is added by the trainer.
+    on_gpu = torch.cuda.is_available()
+    attention = pick_attention(cfg.attention, on_gpu)
+    packed = padding_free(cfg, attention)
+    args = sft_config(cfg, out, on_gpu, has_eval, packed)
+    loaded = load_base_model(
+        base_path,
+        quantize=cfg.quantize,
+        attention=attention,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        device_index=args.local_process_index,
+    )
+    check_vocab_fits(loaded.model, tokenizer)
+
+    # 5. Trainer: TRL's SFTTrainer packs (padding-free, position ids) or groups by length.
+    ref: dict[str, Any] = {}
+    guard = _Guard(ref)
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=to_dataset(train_cols),
+        eval_dataset=to_dataset(eval_cols) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+        callbacks=[guard, *callbacks],
+    )
+    meter = TokenMeter(trainer.data_collator)
+    trainer.data_collator = meter
+    ref.update(trainer=trainer, meter=meter)
+    peft_model: Any = trainer.model
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    # 6. Train.
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise TrainError(
+            f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; try --quantize 4bit, "
+            "a shorter --seq-len, fewer --batch-tokens (with more --grad-accum) or --gradient-checkpointing; "
+            f"checkpoints written so far are in {out / CHECKPOINTS}"
+        ) from None
+    except NonFiniteLoss as e:
+        raise TrainError(
+            f"{e}; lower --lr (now {cfg.lr}) or check the data; checkpoints written so far are in {out / CHECKPOINTS}"
+        ) from None
+
+    # 7. Save: the PEFT adapter (best checkpoint when there is an eval split), metadata, report.
+    trainer.save_model(str(out))
+    state = trainer.state
+    seconds = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
+    tokens = state.num_input_tokens_seen - guard.start_tokens
+    peak, peak_kind = _peak_memory_mib(on_gpu)
+    report: dict[str, Any] = {
+        "steps": state.global_step,
+        "start_step": guard.start_step,
+        "epochs": round(state.epoch or 0.0, 4),
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h],
+        "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in state.log_history if "eval_loss" in h],
+        "best_checkpoint": os.path.relpath(state.best_model_checkpoint, out) if state.best_model_checkpoint else None,
+        "best_eval_loss": state.best_metric,
+        "train_runtime_s": round(seconds, 3),
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "real_tokens_per_s": round(tokens * meter.real_share / seconds, 1),
+        "real_token_share": round(meter.real_share, 4),
+        "tokens": meter.to_dict(),
+        "peak_memory_mib": round(peak, 1),
+        "peak_memory_kind": peak_kind,
+        "device": loaded.device,
+        "world_size": args.world_size,
+        "dtype": loaded.dtype,
+        "attention": loaded.attention,
+        "quantize": loaded.quantize,
+        "packing": "padding-free (position ids)" if packed else "length-grouped padded batches",
+        "trainable_params": trainable,
+        "total_params": total,
+        "render": {"train": train_stats.to_dict(), "test": eval_stats.to_dict()},
+    }
+    meta = RunMeta(
+        base_model=cfg.base_model,
+        template=template.name,
+        fim_format_version=FORMAT_VERSION,
+        budgets=budgets.to_dict(),
+        context=dict(corpus.manifest.get("config", {}).get("context", {})),
+        seq_len=cfg.seq_len,
+        corpus=str(corpus.folder),
+        corpus_manifest_sha256=corpus.manifest_sha256,
+        corpus_format_version=CORPUS_FORMAT_VERSION,
+        base_model_path=str(base_path),
+        model_type=model_type,
+        train=to_dict(cfg),
+        fimtune_version=__version__,
+    )
+    merged: Path | None = None
+    if trainer.is_world_process_zero():
+        if cfg.merge:
+            merged = merge_adapter(base_path, out, out / MERGED, tokenizer)
+            meta.merged = MERGED
+        write_run_meta(out, meta)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(out=out, adapter=out / "adapter_model.safetensors", report=report, meta=meta, merged=merged)
+
+
+def merge_adapter(base_path: Path, adapter: Path, dest: Path, tokenizer: Any) -> Path:
+    """Fold the adapter into an unquantized copy of the base and save it as a plain model folder."""
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    return dest
