@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from fimtune import CORPUS_FORMAT_VERSION
+from fimtune.corpus.read import CorpusReadError, open_corpus
 from fimtune.fim_format import IGNORE_INDEX, Budgets, FimTemplate, encode, render
 from fimtune.records import FimExample
 from fimtune.tokenizer import as_fim_tokenizer
@@ -31,41 +27,16 @@ class Corpus:
     test: list[FimExample]
 
 
-def _read_split(folder: Path, split: str) -> list[FimExample]:
-    out: list[FimExample] = []
-    for shard in sorted((folder / "data").glob(f"{split}-*.parquet")):
-        try:
-            rows = pq.read_table(shard).to_pylist()
-        except OSError as e:
-            raise DataError(f"corpus shard {shard} is not readable Parquet ({e}); rebuild the corpus") from None
-        out.extend(FimExample.from_row(r) for r in rows)
-    return out
-
-
 def load_corpus(folder: str | Path) -> Corpus:
     """Read a corpus written by `fimtune build-corpus`; refuse a missing, empty or other-version corpus."""
-    root = Path(folder).expanduser()
-    build = "build one with `fimtune build-corpus REPO --out DIR`"
-    if not root.is_dir():
-        raise DataError(f"corpus folder {root} does not exist; {build}")
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(f"{root} is not a fimtune corpus (no manifest.json, or its build did not finish); {build}")
-    raw = manifest_path.read_bytes()
     try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{manifest_path} is not valid JSON ({e}); rebuild the corpus") from None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != CORPUS_FORMAT_VERSION:
-        raise DataError(
-            f"corpus {root} has format version {version!r}, but this fimtune reads version {CORPUS_FORMAT_VERSION}; "
-            "rebuild it with this fimtune's `fimtune build-corpus`"
-        )
-    train = _read_split(root, "train")
+        info = open_corpus(folder)
+        train, test = info.examples("train"), info.examples("test")
+    except CorpusReadError as e:
+        raise DataError(str(e)) from None
     if not train:
-        raise DataError(f"corpus {root} has no training examples; build it from repositories with source files")
-    return Corpus(root, manifest, hashlib.sha256(raw).hexdigest(), train, _read_split(root, "test"))
+        raise DataError(f"corpus {info.folder} has no training examples; build it from repositories with source files")
+    return Corpus(info.folder, info.manifest, info.manifest_sha256, train, test)
 
 
 @dataclass
