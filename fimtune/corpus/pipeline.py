@@ -71,6 +71,9 @@ class CutResult:
     file_index: Any = None
 
 
+# Walk reasons that count a pruned folder, not a file.
+FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
+
 # Set in the parent before a pool forks, read by the workers (fork shares it without pickling).
 _STATE: dict[str, Any] = {}
 
@@ -238,7 +241,7 @@ def _build(
                 files_seen += 1
             else:
                 dropped[item.reason] += 1
-                files_seen += item.reason != "skipped_dir" and item.reason != "ignored_dir"
+                files_seen += item.reason not in FOLDER_REASONS
         if n_candidates == 0:
             empty_repos.append(repo.name)
             if len(repos) > 1:

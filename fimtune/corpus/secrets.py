@@ -1,0 +1,365 @@
+"""Secret detection: find credentials in a file's text and replace exactly each secret value by a placeholder.
+
+Detectors come from detect-secrets' plugins (their regular expressions and checks). detect-secrets 1.5 has no
+plugin for Google API keys or GitHub fine-grained tokens (github_pat_), and its KeywordDetector flags any value,
+low entropy or not, misses `token`/`access_key` names and Go's `:=`; those three get a small regex here.
+
+Speed: the plugins' regular expressions are run only on candidate lines, found in one Aho-Corasick pass
+(ahocorasick_rs) over the lower-cased text for the literal hints of each detector.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import cast
+
+import ahocorasick_rs
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.base import RegexBasedDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+from detect_secrets.plugins.jwt import JwtTokenDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.private_key import PrivateKeyDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+
+from fimtune.config import SecretsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SecretScan:
+    """The text with every detected secret value replaced by cfg.placeholder, and what was replaced."""
+
+    text: str
+    redacted: int
+    kinds: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Detector:
+    """A kind of secret: hints (lower-case literals; a line holding one is a candidate), patterns, checks."""
+
+    kind: str
+    hints: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+    group: int | str = 0  # which group of a match is the secret value
+    extend: str = ""  # characters the value extends over on both sides (a token longer than the pattern)
+    check: Callable[[re.Match[str], str], bool] | None = None  # a further test: (match, extended value)
+    expand: Callable[[str, re.Match[str]], tuple[int, int] | None] | None = None  # match -> secret span
+
+
+def _plugin(cls: type[RegexBasedDetector], token: bool = True) -> tuple[re.Pattern[str], ...]:
+    """A plugin's patterns; a token must not start in the middle of a word (this also keeps a long run of
+    letters from being searched from every one of its positions)."""
+    patterns = list(cast("Iterable[re.Pattern[str]]", cls.denylist))
+    if token:
+        patterns = [re.compile(r"(?<![A-Za-z0-9])(?:" + p.pattern + ")", p.flags) for p in patterns]
+    return tuple(patterns)
+
+
+_TOKEN = "A-Za-z0-9_-"
+
+# Private keys: detect-secrets' PrivateKeyDetector finds the marker (BEGIN, the key type, PRIVATE KEY; or the
+# PuTTY header); the whole block around it is the secret. Its body may sit in one string literal with "\n"
+# escapes or in several concatenated ones, so quotes, backslashes and "+" may sit between BEGIN and END, but
+# nothing that only code has (parentheses, brackets, semicolons), so two unrelated markers never pair up.
+_KEY_OPEN = re.compile(r"-{4,5} ?$")
+_KEY_HEADER_TAIL = re.compile(r"(?: BLOCK)? ?-{4,5}|: [^\n]*")
+_KEY_BODY = re.compile(r"[A-Za-z0-9+/=\s\\\"'`,:.\-]*")
+_KEY_END = re.compile(r"-{4,5} ?END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}|Private-MAC: [0-9a-fA-F]+")
+_KEY_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+
+
+def _private_key_block(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    """The whole key block around a marker, or None when no base64 body follows (code about keys)."""
+    start = m.start()
+    opener = _KEY_OPEN.search(text, max(0, start - 6), start)
+    if opener:
+        start = opener.start()
+    header = _KEY_HEADER_TAIL.match(text, m.end())
+    body_start = header.end() if header else m.end()
+    # The body ends at the first character only code has, at the next marker, or after 64 KB.
+    limit = text.find("BEGIN", body_start, body_start + 65536)
+    body = _KEY_BODY.match(text, body_start, body_start + 65536 if limit < 0 else limit)
+    body_end = body.end() if body else body_start
+    end_marker = _KEY_END.search(text, body_start, body_end)
+    runs = list(_KEY_RUN.finditer(text, body_start, end_marker.start() if end_marker else body_end))
+    if not runs:
+        return None
+    return start, end_marker.end() if end_marker else runs[-1].end()
+
+
+_KEY_NAMES = ("api", "access", "private", "auth", "signing", "encryption", "master", "client", "service", "account")
+# A secret-looking name assigned (=, :=, :, =>, ==) a quoted literal: password, passwd, pass, passphrase,
+# secret, token, credential(s), api/access/private/auth/... key. The name must not go on with a lower-case
+# letter (tokenizer, secretary, passage), and a type annotation may sit between name and "=".
+_ASSIGNMENT = re.compile(
+    r"(?i:pass(?:w(?:or)?d|phrase)?|pwd|secret|token|credential|"
+    rf"(?:{'|'.join(_KEY_NAMES)})[_-]?key)"
+    r"s?(?![a-z])[\w.-]{0,40}?[\"'\]]{0,2}"
+    r"(?:\s*:\s*(?:&(?:'\w+\s+)?)?[\w.\[\]<>|, ]{1,40}?(?=\s*=))?"
+    r"\s*(?:={1,3}|!==?|:=|=>|:)\s*(?:[rRbBuU]{1,2}|@)?"
+    r"(?P<q>[\"'`])(?P<value>[^\"'`\\\n]{8,256})(?P=q)"
+)
+_PLACEHOLDER_WORDS = re.compile(
+    r"(?i)example|placeholder|changeme|change[_-]me|dummy|redacted|your[_-]|xxxx|\*\*\*|\.\.\.|sample|todo"
+)
+_TEMPLATE = re.compile(r"[{}<>\s\\]|^\$|%[sdr(]|^(?:https?|ftp|s3|gs|file)://|^[/~.]")
+_ENTROPY = Base64HighEntropyString()
+
+
+def _class_changes(value: str) -> float:
+    """Changes between lower case, upper case and digits per letter or digit, not counting the start of a
+    capitalised word: random strings score about 0.4-0.5, identifiers and words under 0.2."""
+    classes = ["d" if c.isdigit() else "u" if c.isupper() else "l" for c in value if c.isalnum()]
+    changes = sum(1 for a, b in itertools.pairwise(classes) if a != b and (a, b) != ("u", "l"))
+    return changes / max(1, len(classes) - 1)
+
+
+def looks_like_secret_value(value: str) -> bool:
+    """Whether a literal assigned to a secret-looking name is a real secret rather than code or a label.
+
+    Random-looking: not a template, path, URL or placeholder; some entropy; and letters, digits and cases
+    mixed the way random strings mix them (so "bos_token_id", "X-Api-Token" or "gpt2-medium" are labels).
+    Low-entropy human passwords such as "password123" are not caught.
+    """
+    if len(value) < 8 or not any(c.isalpha() for c in value):
+        return False
+    if _TEMPLATE.search(value) or _PLACEHOLDER_WORDS.search(value):
+        return False
+    entropy = _ENTROPY.calculate_shannon_entropy(value)
+    if entropy < 2.5:
+        return False
+    if _class_changes(value) >= 0.25:
+        return True
+    return len(value) >= 20 and entropy >= 4.0 and any(c.isdigit() for c in value)
+
+
+# Passwords of documentation and examples in URLs ("user:pass" at a host), not secrets.
+_EXAMPLE_PASSWORDS = frozenset(
+    (
+        "pass",
+        "password",
+        "passwd",
+        "pwd",
+        "pw",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "changeme",
+        "example",
+        "placeholder",
+        "mypassword",
+        "yourpassword",
+        "xxx",
+        "xxxx",
+        "xxxxxx",
+        "repo",
+    )
+)
+_BASIC_AUTH_USER = re.compile(r"://([^:/\s]*):")
+
+
+def _basic_auth_ok(m: re.Match[str], value: str) -> bool:
+    user = _BASIC_AUTH_USER.match(m.group(0))
+    if re.search(r"[{}$%<>*]", value) or value.lower() in _EXAMPLE_PASSWORDS:
+        return False
+    return not (user and user.group(1).lower() == value.lower())
+
+
+def _aws_key_id_ok(m: re.Match[str], value: str) -> bool:
+    """Exactly 20 characters (not a piece of a longer token) and not a DNA sequence."""
+    return len(value) == 20 and not set(value) <= set("ACGT")
+
+
+def _jwt_ok(m: re.Match[str], value: str) -> bool:
+    return bool(JwtTokenDetector.is_formally_valid(m.group(0)))
+
+
+def _assignment_ok(m: re.Match[str], value: str) -> bool:
+    return looks_like_secret_value(value)
+
+
+_DETECTORS: tuple[_Detector, ...] = (
+    _Detector(
+        "private_key",
+        ("private key", "putty-user-key"),
+        _plugin(PrivateKeyDetector, token=False),
+        expand=_private_key_block,
+    ),
+    _Detector(
+        "aws_access_key",
+        ("akia", "asia", "abia", "acca", "a3t"),
+        _plugin(AWSKeyDetector)[:1],
+        extend=_TOKEN,
+        check=_aws_key_id_ok,
+    ),
+    _Detector("aws_secret_key", ("aws",), _plugin(AWSKeyDetector, token=False)[1:], group=1),
+    _Detector(
+        "github_token",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        (
+            *_plugin(GitHubTokenDetector),
+            re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{40,}"),
+        ),  # no plugin for github_pat_
+        extend="A-Za-z0-9_",
+    ),
+    _Detector(
+        "gitlab_token",
+        ("glpat-", "gldt-", "glft-", "glsoat-", "glrt-", "gr1348941", "glcbt-", "glimt-", "glptt-", "glagent-"),
+        _plugin(GitLabTokenDetector),
+        extend=_TOKEN,
+    ),
+    _Detector("slack", ("xox", "hooks.slack.com"), _plugin(SlackDetector), extend=_TOKEN),
+    _Detector("stripe", ("k_live_",), _plugin(StripeDetector), extend="A-Za-z0-9"),
+    _Detector("google_api_key", ("aiza",), (re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{35}"),), extend=_TOKEN),
+    _Detector("openai", ("t3blbkfj",), _plugin(OpenAIDetector), extend=_TOKEN),
+    _Detector("pypi_token", ("pypi-ag",), _plugin(PypiTokenDetector), extend=_TOKEN),
+    _Detector("sendgrid", ("sg.",), _plugin(SendGridDetector), extend=_TOKEN),
+    _Detector("square_oauth", ("sq0csp-",), _plugin(SquareOAuthDetector), extend=_TOKEN),
+    _Detector(
+        "jwt",
+        ("eyj",),
+        _plugin(JwtTokenDetector),
+        extend="A-Za-z0-9_\\-.+/=",
+        check=_jwt_ok,
+    ),
+    _Detector("basic_auth", ("://",), _plugin(BasicAuthDetector, token=False), group=1, check=_basic_auth_ok),
+    _Detector(
+        "secret_assignment",
+        (
+            "pass",
+            "pwd",
+            "secret",
+            "token",
+            "credential",
+            *(f"{p}{sep}key" for p in _KEY_NAMES for sep in ("", "_", "-")),
+        ),
+        (_ASSIGNMENT,),
+        group="value",
+        check=_assignment_ok,
+    ),
+)
+
+
+@cache
+def _automaton() -> tuple[ahocorasick_rs.AhoCorasick, list[int]]:
+    hints: list[str] = []
+    owner: list[int] = []
+    for i, det in enumerate(_DETECTORS):
+        for hint in det.hints:
+            hints.append(hint)
+            owner.append(i)
+    return ahocorasick_rs.AhoCorasick(hints), owner
+
+
+def _lower_same_length(text: str) -> str:
+    """text.lower() with the same character offsets (only U+0130 grows when lower-cased)."""
+    low = text.lower()
+    if len(low) != len(text):
+        low = text.replace("\u0130", "i").lower()
+    return low if len(low) == len(text) else text
+
+
+def _candidates(text: str) -> Iterator[tuple[_Detector, int, int]]:
+    """(detector, start, end) of each candidate line: one holding a hint of the detector."""
+    automaton, owner = _automaton()
+    low = _lower_same_length(text)
+    seen: set[tuple[int, int]] = set()
+    line_start = line_end = -1
+    for pattern, start, _end in automaton.find_matches_as_indexes(low, overlapping=True):
+        if not line_start <= start < line_end:  # hits come in order: find each line once
+            line_start = text.rfind("\n", 0, start) + 1
+            line_end = text.find("\n", start)
+            line_end = len(text) if line_end < 0 else line_end
+        det_index = owner[pattern]
+        if (det_index, line_start) not in seen:
+            seen.add((det_index, line_start))
+            yield _DETECTORS[det_index], line_start, line_end
+
+
+@cache
+def _run(chars: str) -> re.Pattern[str]:
+    return re.compile(f"[{chars}]*")
+
+
+def _extend(text: str, start: int, end: int, chars: str, reach: int = 4096) -> tuple[int, int]:
+    """Grow a span over `chars` on both sides (at most `reach` each way): a token longer than its pattern
+    is replaced whole."""
+    if not chars:
+        return start, end
+    run = _run(chars)
+    back = run.match(text[max(0, start - reach) : start][::-1])
+    ahead = run.match(text, end, min(len(text), end + reach))
+    return start - (back.end() if back else 0), ahead.end() if ahead else end
+
+
+def find_secrets(text: str) -> list[tuple[int, int, str]]:
+    """Character spans (start, end, kind) of the secret values in text, sorted and not overlapping."""
+    found: list[tuple[int, int, str]] = []
+    for det, line_start, line_end in _candidates(text):
+        covered = -1  # end of this detector's last span on the line: a run of tokens is searched once
+        for pattern in det.patterns:
+            for m in pattern.finditer(text, line_start, line_end):
+                if det.expand is not None:
+                    span = det.expand(text, m)
+                    if span is None:
+                        continue
+                    start, end = span
+                else:
+                    start, end = m.span(det.group)
+                    if start < 0 or start == end or start < covered:
+                        continue
+                    start, end = _extend(text, start, end, det.extend)
+                    if det.check and not det.check(m, text[start:end]):
+                        continue
+                found.append((start, end, det.kind))
+                covered = max(covered, end)
+    # The same random-looking value elsewhere in the file (used again without a telltale name) is a secret too.
+    kind_of = {text[s:e]: k for s, e, k in found if k != "private_key"}
+    for value, kind in sorted(kind_of.items()):
+        if looks_like_secret_value(value) or (kind != "basic_auth" and len(value) >= 16):
+            for m in re.finditer(rf"(?<![\w]){re.escape(value)}(?![\w])", text):
+                found.append((m.start(), m.end(), kind))
+    return _merge(found)
+
+
+def _merge(spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlapping spans become one, named after the first (the most specific detector on a tie)."""
+    rank = {det.kind: i for i, det in enumerate(_DETECTORS)}
+    merged: list[tuple[int, int, str]] = []
+    for start, end, kind in sorted(spans, key=lambda s: (s[0], -s[1], rank[s[2]])):
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            merged[-1] = (last[0], max(last[1], end), last[2])
+        else:
+            merged.append((start, end, kind))
+    return merged
+
+
+def scan_secrets(text: str, cfg: SecretsConfig) -> SecretScan:
+    """Replace exactly each detected secret value (not its line) by cfg.placeholder, so the code stays valid."""
+    spans = find_secrets(text)
+    if not spans:
+        return SecretScan(text, 0, {})
+    pieces: list[str] = []
+    kinds: dict[str, int] = {}
+    pos = 0
+    for start, end, kind in spans:
+        pieces.append(text[pos:start])
+        pieces.append(cfg.placeholder)
+        kinds[kind] = kinds.get(kind, 0) + 1
+        pos = end
+    pieces.append(text[pos:])
+    return SecretScan("".join(pieces), len(spans), dict(sorted(kinds.items())))
