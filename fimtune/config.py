@@ -164,7 +164,7 @@ class SpanConfig:
     # A file with parse errors gets only line-based middles (line_rest, line, random, empty). With this on, it
     # also gets syntax middles from its top-level items that parsed without errors (C/C++ macros often break
     # the parse of one function; the rest of the file is still good syntax).
-    syntax_in_files_with_errors: bool = False
+    syntax_in_files_with_errors: bool = True
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""`fimtune build-corpus` end to end: fixture repositories, a hostile repository, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fimtune.config import CorpusConfig
+from fimtune.corpus import pipeline, write
+from fimtune.corpus.pipeline import CorpusError, build_corpus
+
+FIXTURES = Path(__file__).parent / "fixtures" / "repos"
+REPOS = ["pyshop", "webkit", "gotool", "rsutil"]
+COLUMNS = ["id", "repo", "path", "language", "span_kind", "prefix", "middle", "suffix", "context", "file_sha"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fimtune", "build-corpus", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def rows(out: Path, split: str | None = None) -> list[dict]:
+    result = []
+    for f in sorted((out / "data").glob(f"{split or '*'}-*.parquet")):
+        result.extend(pq.read_table(f).to_pylist())
+    return result
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted((out / "data").glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "fixtures"
+    proc = run_cli(*[str(FIXTURES / r) for r in REPOS], "--out", str(out), "--test-fraction", "0.25", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stderr
+    return out
+
+
+def test_cli_builds_a_corpus_in_four_languages(built: Path) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert {"python", "javascript", "typescript", "tsx", "go", "rust"} <= set(manifest["languages"])
+    assert manifest["counts"]["files_kept"] == sum(manifest["languages"].values())
+    assert manifest["counts"]["examples"]["train"] > 0
+    assert manifest["counts"]["examples"]["test"] > 0
+    assert manifest["split_mode"] == "repo"
+    assert len(manifest["test_repos"]) == 1
+    for key in ("config", "counts", "dropped", "languages", "span_kinds", "bytes_in", "elapsed_s"):
+        assert key in manifest
+    assert manifest["dropped"].get("unsupported_language", 0) >= 2  # go.mod, Cargo.toml
+    assert (built / "README.md").read_text().startswith("---\nconfigs:")
+
+
+def test_rows_have_the_exact_columns_and_round_trip_the_files(built: Path) -> None:
+    train, test = rows(built, "train"), rows(built, "test")
+    assert pq.read_schema(next((built / "data").glob("train-*.parquet"))).names == COLUMNS
+    for row in train + test:
+        repo_dir = FIXTURES / row["repo"]
+        assert row["prefix"] + row["middle"] + row["suffix"] == (repo_dir / row["path"]).read_text()
+    kinds = {r["span_kind"] for r in train + test}
+    assert {"line_rest", "statement", "block"} <= kinds
+    train_files = {(r["repo"], r["path"]) for r in train}
+    test_files = {(r["repo"], r["path"]) for r in test}
+    assert not train_files & test_files
+    assert len({r["repo"] for r in test}) == 1
+    assert len({r["id"] for r in train + test}) == len(train + test)
+
+
+def test_datasets_opens_the_folder(built: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(built))
+    assert set(ds) == {"train", "test"}
+    assert ds["train"].column_names == COLUMNS
+    assert len(ds["train"]) == len(rows(built, "train"))
+
+
+def test_same_inputs_give_identical_bytes_whatever_the_workers(tmp_path: Path) -> None:
+    repos = [str(FIXTURES / r) for r in REPOS]
+    a = build_corpus(CorpusConfig(repos=repos, out=str(tmp_path / "a"), workers=1), progress=False)
+    b = build_corpus(CorpusConfig(repos=repos, out=str(tmp_path / "b"), workers=2), progress=False)
+    assert a["counts"] == b["counts"]
+    first = shard_bytes(tmp_path / "a")
+    assert first and first == shard_bytes(tmp_path / "b")
+    other_seed = build_corpus(CorpusConfig(repos=repos, out=str(tmp_path / "c"), seed=1, workers=2), progress=False)
+    assert other_seed["counts"]["files_kept"] == a["counts"]["files_kept"]
+    assert shard_bytes(tmp_path / "c") != first
+
+
+def test_hostile_repository(tmp_path: Path) -> None:
+    from tests.hostile import PLANTED_SECRETS, make_hostile_repo
+
+    repo = tmp_path / "hostile"
+    repo.mkdir()
+    expected = make_hostile_repo(repo)
+    out = tmp_path / "out"
+    manifest = build_corpus(CorpusConfig(repos=[str(repo)], out=str(out), workers=2), progress=False)
+    want: dict[str, int] = {}
+    for reason in expected.values():
+        if reason != "kept":
+            want[reason] = want.get(reason, 0) + 1
+    for reason, n in want.items():
+        assert manifest["dropped"].get(reason, 0) >= n, (reason, manifest["dropped"])
+    kept = {r["path"] for r in rows(out)}
+    assert kept <= {p for p, r in expected.items() if r == "kept"}
+    assert manifest["secrets"]["redacted"] >= len(PLANTED_SECRETS)
+    blob = "\n".join(json.dumps(r) for r in rows(out)) + (out / "manifest.json").read_text()
+    blob += (out / "README.md").read_text()
+    for secret in PLANTED_SECRETS:
+        assert secret not in blob
+    assert "<REDACTED>" in blob
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repos = [str(FIXTURES / r) for r in REPOS]
+    cfg = CorpusConfig(repos=repos, out=str(tmp_path / "out"), workers=1, shard_examples=2)
+    real = write.write_split
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write, "write_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus(cfg, progress=False)
+    out = tmp_path / "out"
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("data/*.parquet"))
+    monkeypatch.setattr(write, "write_split", real)
+
+    # A kill -9 leaves a staging folder behind: the rerun cleans it and produces the full output.
+    (out / ".staging-99999" / "data").mkdir(parents=True)
+    (out / ".staging-99999" / "data" / "train-00000-of-00009.parquet").write_bytes(b"junk")
+    build_corpus(cfg, progress=False)
+    fresh = tmp_path / "fresh"
+    build_corpus(CorpusConfig(repos=repos, out=str(fresh), workers=2, shard_examples=2), progress=False)
+    assert shard_bytes(out) == shard_bytes(fresh)
+    assert not list(out.glob(".staging-*"))
+    assert len(shard_bytes(out)) > 2
+
+
+def test_rerun_same_command_is_fine_but_a_different_corpus_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    repo = str(FIXTURES / "pyshop")
+    assert run_cli(repo, "--out", str(out), "-q").returncode == 0
+    assert run_cli(repo, "--out", str(out), "-q").returncode == 0
+    proc = run_cli(repo, "--out", str(out), "--seed", "5", "-q")
+    assert proc.returncode == 1
+    assert "already holds a different corpus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_cli(repo, "--out", str(out), "--seed", "5", "--overwrite", "-q").returncode == 0
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_dir", "empty", "no_supported", "unwritable", "foreign_out"])
+def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, case: str) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    out = tmp_path / "out"
+    if case == "missing":
+        repo = tmp_path / "nope"
+    elif case == "not_a_dir":
+        repo = tmp_path / "file.py"
+        repo.write_text("x = 1\n")
+    elif case == "no_supported":
+        (repo / "notes.txt").write_text("hello\n")
+        (repo / "data.csv").write_text("a,b\n")
+    elif case in ("unwritable", "foreign_out"):
+        shutil.copytree(FIXTURES / "pyshop", repo, dirs_exist_ok=True)
+        if case == "unwritable":
+            (tmp_path / "blocker").write_text("a file, not a folder")
+            out = tmp_path / "blocker" / "out"
+        else:
+            out.mkdir()
+            (out / "thesis.tex").write_text("precious")
+    proc = run_cli(str(repo), "--out", str(out), "-q")
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fimtune build-corpus: error:")
+    if case in ("missing", "not_a_dir", "empty", "no_supported"):
+        assert str(repo.name) in lines[0]
+    if case == "foreign_out":
+        assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_an_empty_repository_among_others_is_a_warning_and_a_count(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    proc = run_cli(str(FIXTURES / "pyshop"), str(empty), "--out", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" in proc.stderr and "empty" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["empty_repos"] == ["empty"]
+
+
+def test_unparsable_file_still_yields_line_examples(tmp_path: Path) -> None:
+    repo = tmp_path / "broken"
+    repo.mkdir()
+    (repo / "bad.py").write_text("def f(:\n    return [1, 2\nx = (\nprint('still code')\ny = 3\n" * 3)
+    manifest = build_corpus(CorpusConfig(repos=[str(repo)], out=str(tmp_path / "o"), workers=1), progress=False)
+    assert manifest["counts"]["parse_failures"] == 1
+    assert rows(tmp_path / "o")  # line-based middles at least (and syntax ones from clean parts)
+
+
+def test_pipeline_errors_name_the_path() -> None:
+    with pytest.raises(CorpusError, match="nope"):
+        pipeline.resolve_repos(["/definitely/nope"])
