@@ -195,7 +195,7 @@ class CorpusConfig:
     seed: int = 0
     split: str = "auto"  # auto: by repository when several are given, else by file
     test_fraction: float = 0.1
-    shard_examples: int = 50_000
+    shard_examples: int = 10_000
     walk: WalkConfig = field(default_factory=WalkConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)

@@ -127,7 +127,7 @@ def test_hostile_repository(tmp_path: Path) -> None:
 def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repos = [str(FIXTURES / r) for r in REPOS]
     cfg = CorpusConfig(repos=repos, out=str(tmp_path / "out"), workers=1, shard_examples=2)
-    real = write.write_split
+    real = write.write_shard
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -136,13 +136,13 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(write, "write_split", interrupted)
+    monkeypatch.setattr(write, "write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_corpus(cfg, progress=False)
     out = tmp_path / "out"
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("data/*.parquet"))
-    monkeypatch.setattr(write, "write_split", real)
+    monkeypatch.setattr(write, "write_shard", real)
 
     # A kill -9 leaves a staging folder behind: the rerun cleans it and produces the full output.
     (out / ".staging-99999" / "data").mkdir(parents=True)

@@ -3,31 +3,60 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from fimtune.config import DedupConfig
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_TOKEN = re.compile(r"\w+")
 # Fixed seed: signatures must be comparable across processes and builds.
 _MINHASH_SEED = 1
-_SCHEME = "affine32"  # datasketch 2 needs the scheme named to rebuild a MinHash from its values
+# The signature is a MinHash over multiply-shift permutations, (a * h + b) >> 32 with 64-bit wrap-around,
+# computed for all shingles of a file at once with numpy; datasketch's MinHashLSH then bands it.
+_SCHEME = "affine32"
+_MAX_HASH = np.uint64((1 << 32) - 1)
+_MULTIPLIER = 1_000_003
+_CHUNK = 4096  # shingles per block, bounding the (shingles x permutations) matrix
+
+
+@cache
+def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded permutations (a, b), made once per process."""
+    gen = np.random.default_rng(_MINHASH_SEED)
+    a = gen.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
+    b = gen.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    return a, b
+
+
+def shingle_hashes(text: str, k: int) -> np.ndarray:
+    """32-bit hashes of the file's k-token shingles, unique and sorted (computed with numpy, not per shingle)."""
+    tokens = _TOKEN.findall(text)
+    if not tokens:
+        return np.zeros(1, dtype=np.uint64)
+    table = {t: zlib.crc32(t.encode("utf-8")) for t in set(tokens)}
+    ids = np.fromiter((table[t] for t in tokens), dtype=np.uint64, count=len(tokens))
+    k = max(1, min(k, len(ids)))
+    n = len(ids) - k + 1
+    acc = np.zeros(n, dtype=np.uint64)
+    for j in range(k):  # a polynomial hash of the k token hashes; uint64 arithmetic wraps by design
+        acc = acc * np.uint64(_MULTIPLIER) + ids[j : j + n]
+    return np.unique((acc ^ (acc >> np.uint64(32))) & _MAX_HASH)
 
 
 def minhash_signature(text: str, cfg: DedupConfig) -> np.ndarray:
     """MinHash hash values of the file's token shingles (computed in worker processes)."""
-    tokens = _TOKEN.findall(text)
-    k = max(1, cfg.shingle_tokens)
-    if len(tokens) <= k:
-        shingles = {" ".join(tokens).encode("utf-8")}
-    else:
-        shingles = {" ".join(tokens[i : i + k]).encode("utf-8") for i in range(len(tokens) - k + 1)}
-    m = MinHash(num_perm=cfg.num_perm, seed=_MINHASH_SEED, scheme=_SCHEME)
-    m.update_batch(sorted(shingles))
-    return np.asarray(m.hashvalues, dtype=np.uint64)
+    a, b = _permutations(cfg.num_perm)
+    hv = shingle_hashes(text, cfg.shingle_tokens)
+    sig = np.full(cfg.num_perm, _MAX_HASH, dtype=np.uint64)
+    for i in range(0, len(hv), _CHUNK):
+        block = hv[i : i + _CHUNK, None]
+        sig = np.minimum(sig, ((block * a + b) >> np.uint64(32)).min(axis=0))
+    return sig
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The corpus build: the only place that knows the order of the stages.
 
-    walk (main) -> read, filter, redact secrets, sign (workers) -> dedup, split (main)
-      -> spans + file index (workers) -> repo index (main) -> context per example (workers) -> write (main)
+    walk (main) -> read, filter, redact secrets, sign, cut middles, index entries (workers, one pass per file)
+      -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (main)
 
 Work is per file, spread over processes; every result is sorted before it is written and every random
 choice is seeded from (seed, repo, path), so the output does not depend on the number of workers.
@@ -48,7 +48,7 @@ class Repo:
 
 @dataclass(slots=True)
 class ReadResult:
-    """What the first worker stage learns about one file."""
+    """What the per-file worker stage learns about one file."""
 
     repo: str
     path: str
@@ -59,15 +59,8 @@ class ReadResult:
     sha: str = ""
     signature: np.ndarray | None = None
     secrets: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class CutResult:
-    """What the second worker stage learns about one kept file: its middles and its index entries."""
-
-    key: tuple[str, str]
-    spans: list[Span]
-    parse_ok: bool
+    spans: list[Span] = field(default_factory=list)
+    parse_ok: bool = True
     file_index: Any = None
 
 
@@ -78,7 +71,12 @@ FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
 _STATE: dict[str, Any] = {}
 
 
-def _read_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
+def _process_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
+    """Everything done to one file alone: read, filter, redact, sign, cut middles, index.
+
+    One pass per file, before dedup: the few duplicates cost a wasted cut, every file saves a second
+    round trip of its text between processes.
+    """
     repo, root, item = args
     cfg: CorpusConfig = _STATE["cfg"]
     res = ReadResult(repo=repo, path=item.path, language=item.language, size=item.size)
@@ -101,19 +99,15 @@ def _read_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
     res.sha = sha256_hex(scan.text)
     if cfg.dedup.near:
         res.signature = dedup.minhash_signature(scan.text, cfg.dedup)
-    return res
-
-
-def _cut_one(source: SourceFile) -> CutResult:
-    cfg: CorpusConfig = _STATE["cfg"]
-    rng = random.Random(f"{cfg.seed}\x00{source.repo}\x00{source.path}")
-    result = spans.choose_spans(source, cfg.spans, rng)
-    file_index = None
+    source = SourceFile(repo, item.path, item.language or "", scan.text)
+    rng = random.Random(f"{cfg.seed}\x00{repo}\x00{item.path}")
+    cut = spans.choose_spans(source, cfg.spans, rng)
+    res.spans, res.parse_ok = cut.spans, cut.parse_ok
     if cfg.context.enabled:
         from fimtune import context
 
-        file_index = context.index_file(source, cfg.context)
-    return CutResult((source.repo, source.path), result.spans, result.parse_ok, file_index)
+        res.file_index = context.index_file(source, cfg.context)
+    return res
 
 
 def _context_one(args: tuple[SourceFile, list[Span]]) -> tuple[tuple[str, str], list[tuple[Snippet, ...]]]:
@@ -126,6 +120,24 @@ def _context_one(args: tuple[SourceFile, list[Span]]) -> tuple[tuple[str, str], 
         suffix = data[span.end :].decode("utf-8")
         out.append(index.retrieve(source.path, source.language, prefix, suffix))
     return (source.repo, source.path), out
+
+
+def _write_shard(job: tuple[str, int, int]) -> str:
+    """Build the examples of one shard from the kept files and write it (runs in a worker)."""
+    split_name, k, n_shards = job
+    cfg: CorpusConfig = _STATE["cfg"]
+    sources: list[SourceFile] = _STATE["sources"]
+    kept: list[ReadResult] = _STATE["kept"]
+    contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = _STATE["contexts"]
+    chunk = _STATE["refs"][split_name][k * cfg.shard_examples : (k + 1) * cfg.shard_examples]
+    examples = []
+    for i, j in chunk:
+        source = sources[i]
+        file_ctx = contexts.get((source.repo, source.path))
+        examples.append(FimExample.from_span(source, kept[i].spans[j], file_ctx[j] if file_ctx else ()))
+    name = write.shard_names(split_name, n_shards)[k]
+    write.write_shard(_STATE["data_dir"], name, examples)
+    return name
 
 
 def _run(
@@ -155,6 +167,19 @@ def _run(
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+class _Timer:
+    """Wall seconds per stage, recorded in the manifest so a slow build shows where its time went."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def resolve_repos(paths: list[str]) -> list[Repo]:
@@ -227,6 +252,7 @@ def _build(
 ) -> dict[str, Any]:
     dropped: Counter[str] = Counter()
     languages = set(cfg.languages)
+    timer = _Timer()
 
     # 1. Walk (main process: listing is cheap and ordered).
     jobs: list[tuple[str, str, walk.WalkItem]] = []
@@ -251,13 +277,15 @@ def _build(
         why = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "no files at all"
         raise CorpusError(f"no supported source files found in {where} ({why})")
 
-    # 2. Read, filter, redact, sign.
+    timer.lap("walk")
+
+    # 2. Per file: read, filter, redact, sign, cut middles, index.
     read: list[ReadResult] = []
     secret_kinds: Counter[str] = Counter()
     files_with_secrets = 0
     bytes_in = 0
     sizes = [j[2].size for j in jobs]
-    for res in _run(_read_one, jobs, workers, "reading", sizes, progress):
+    for res in _run(_process_one, jobs, workers, "files", sizes, progress):
         bytes_in += res.size
         if res.secrets:
             files_with_secrets += 1
@@ -266,6 +294,8 @@ def _build(
             dropped[res.reason] += 1
         else:
             read.append(res)
+
+    timer.lap("read")
 
     # 3. Dedup across every repository, then split.
     result = dedup.deduplicate([dedup.DedupItem((r.repo, r.path), r.sha, r.signature) for r in read], cfg.dedup)
@@ -287,12 +317,9 @@ def _build(
     for member, rep in result.groups.items():  # a kept near-duplicate group stays on one side
         side[member] = side[rep]
 
-    # 4. Middles and index entries.
+    timer.lap("dedup_split")
     sources = [SourceFile(r.repo, r.path, r.language or "", r.text or "") for r in kept]
-    cut: dict[tuple[str, str], CutResult] = {}
-    for c in _run(_cut_one, sources, workers, "cutting", [r.size for r in kept], progress):
-        cut[c.key] = c
-    parse_failures = sum(not c.parse_ok for c in cut.values())
+    parse_failures = sum(not r.parse_ok for r in kept)
 
     # 5. Cross-file context with the same retriever the server uses.
     contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = {}
@@ -301,28 +328,35 @@ def _build(
 
         indexes = {}
         for repo in repos:
-            entries = [c.file_index for c in cut.values() if c.key[0] == repo.name and c.file_index is not None]
+            entries = [r.file_index for r in kept if r.repo == repo.name and r.file_index is not None]
             indexes[repo.name] = context.RepoIndex.build(entries, cfg.context)
         _STATE["indexes"] = indexes
-        jobs2 = [(s, cut[(s.repo, s.path)].spans) for s in sources if cut[(s.repo, s.path)].spans]
+        jobs2 = [(s, r.spans) for s, r in zip(sources, kept, strict=True) if r.spans]
         for key, ctx in _run(_context_one, jobs2, workers, "context", None, progress):
             contexts[key] = ctx
 
-    # 6. Examples, sorted, written per split.
-    examples: dict[str, list[FimExample]] = {"train": [], "test": []}
+    timer.lap("context")
+
+    # 6. Examples, sorted, written per split; shards are built and written on all workers.
+    refs: dict[str, list[tuple[int, int]]] = {"train": [], "test": []}
     span_kinds: Counter[str] = Counter()
     lang_files: Counter[str] = Counter()
-    for s in sources:
-        key = (s.repo, s.path)
+    order = sorted(range(len(sources)), key=lambda i: (sources[i].repo, sources[i].path))
+    for i in order:
+        s, r = sources[i], kept[i]
         lang_files[s.language] += 1
-        file_ctx = contexts.get(key)
-        for i, span in enumerate(cut[key].spans):
-            examples[side[key]].append(FimExample.from_span(s, span, file_ctx[i] if file_ctx else ()))
-            span_kinds[span.kind] += 1
-    for exs in examples.values():
-        exs.sort(key=lambda e: (e.repo, e.path, len(e.prefix), len(e.middle), e.span_kind))
-    data_dir = staging / "data"
-    shards = {name: write.write_split(data_dir, name, exs, cfg.shard_examples) for name, exs in examples.items()}
+        span_kinds.update(span.kind for span in r.spans)
+        refs[side[(s.repo, s.path)]].extend((i, j) for j in range(len(r.spans)))  # spans come sorted
+    _STATE.update(sources=sources, kept=kept, contexts=contexts, refs=refs, data_dir=staging / "data")
+    shard_jobs: list[tuple[str, int, int]] = []
+    shards: dict[str, list[str]] = {}
+    for name, split_refs in refs.items():
+        n_shards = -(-len(split_refs) // cfg.shard_examples)
+        shards[name] = write.shard_names(name, n_shards)
+        shard_jobs.extend((name, k, n_shards) for k in range(n_shards))
+    for _ in _run(_write_shard, shard_jobs, min(workers, len(shard_jobs)), "writing", None, progress):
+        pass
+    timer.lap("write")
 
     return {
         "format_version": CORPUS_FORMAT_VERSION,
@@ -334,7 +368,7 @@ def _build(
         "counts": {
             "files_seen": files_seen,
             "files_kept": len(kept),
-            "examples": {name: len(exs) for name, exs in examples.items()},
+            "examples": {name: len(split_refs) for name, split_refs in refs.items()},
             "parse_failures": parse_failures,
             "empty_repos": empty_repos,
         },
@@ -350,4 +384,5 @@ def _build(
         "shards": shards,
         "bytes_in": bytes_in,
         "elapsed_s": round(time.perf_counter() - started, 3),
+        "stage_seconds": timer.laps,
     }

@@ -49,18 +49,22 @@ def shard_names(split: str, n_shards: int) -> list[str]:
     return [f"{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
 
 
+def write_shard(folder: Path, name: str, examples: Sequence[FimExample]) -> None:
+    """Write one Parquet shard atomically (deterministic bytes for the same examples)."""
+    columns: dict[str, list[Any]] = {n: [getattr(ex, n) for ex in examples] for n in SCHEMA.names if n != "context"}
+    columns["context"] = [[s.to_dict() for s in ex.context] for ex in examples]
+    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+    tmp = folder / (name + ".partial")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1000)
+    os.replace(tmp, folder / name)
+
+
 def write_split(folder: Path, split: str, examples: Sequence[FimExample], shard_examples: int) -> list[str]:
-    """Write one split as Parquet shards (deterministic bytes for the same examples)."""
-    if not examples:
-        return []
-    n_shards = (len(examples) + shard_examples - 1) // shard_examples
+    """Write one split as Parquet shards of at most `shard_examples` examples."""
+    n_shards = -(-len(examples) // shard_examples)
     names = shard_names(split, n_shards)
     for i, name in enumerate(names):
-        rows = [ex.to_row() for ex in examples[i * shard_examples : (i + 1) * shard_examples]]
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        tmp = folder / (name + ".partial")
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1000)
-        os.replace(tmp, folder / name)
+        write_shard(folder, name, examples[i * shard_examples : (i + 1) * shard_examples])
     return names
 
 
