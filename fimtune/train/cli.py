@@ -113,5 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"adapter: {result.adapter} (beside it: adapter_config.json, fimtune.json, train_report.json)")
         if result.merged:
             _say(f"merged model: {result.merged}")
-        _say(f"next: fimtune eval --run {result.out}   or   fimtune serve --run {result.out}")
+        _say(
+            f"next: see the prompts it learned from with `fimtune render --corpus {cfg.corpus} "
+            f"--tokenizer {result.out}`; the adapter loads with peft's PeftModel.from_pretrained(base, RUN)"
+        )
     return 0
