@@ -13,14 +13,12 @@ from fimtune.records import FimExample
 
 
 def load_tokenizer(path: str) -> Any:
-    """A tokenizer folder (or tokenizer.json) as saved by transformers or fimtune; errors name the path."""
+    """A tokenizer folder: through transformers (training's own loader) when installed, else `tokenizers`."""
     from fimtune.cli import CommandError
 
     p = Path(path).expanduser()
     try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        import transformers  # noqa: F401
     except ImportError:
         import tokenizers
 
@@ -28,8 +26,15 @@ def load_tokenizer(path: str) -> Any:
         if not file.exists():
             raise CommandError(f"--tokenizer {path}: no tokenizer.json there") from None
         return tokenizers.Tokenizer.from_file(str(file))
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--tokenizer {path}: cannot load a tokenizer from it ({e})") from None
+    from fimtune.train.model import ModelError
+    from fimtune.train.model import load_tokenizer as load_model_tokenizer
+
+    if not p.exists():
+        raise CommandError(f"--tokenizer {path}: no such folder")
+    try:
+        return load_model_tokenizer(p)
+    except ModelError as e:
+        raise CommandError(f"--tokenizer {path}: {e}") from None
 
 
 def pick(examples: list[FimExample], n: int, seed: int) -> list[FimExample]:

@@ -47,7 +47,7 @@ class Repo:
 
 
 @dataclass(slots=True)
-class ReadResult:
+class FileResult:
     """What the per-file worker stage learns about one file."""
 
     repo: str
@@ -71,7 +71,7 @@ FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
 _STATE: dict[str, Any] = {}
 
 
-def _process_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
+def _process_one(args: tuple[str, str, walk.WalkItem]) -> FileResult:
     """Everything done to one file alone: read, filter, redact, sign, cut middles, index.
 
     One pass per file, before dedup: the few duplicates cost a wasted cut, every file saves a second
@@ -79,7 +79,7 @@ def _process_one(args: tuple[str, str, walk.WalkItem]) -> ReadResult:
     """
     repo, root, item = args
     cfg: CorpusConfig = _STATE["cfg"]
-    res = ReadResult(repo=repo, path=item.path, language=item.language, size=item.size)
+    res = FileResult(repo=repo, path=item.path, language=item.language, size=item.size)
     data, reason = walk.read_file(Path(root), item)
     if data is None:
         res.reason = reason or "unreadable"
@@ -127,7 +127,7 @@ def _write_shard(job: tuple[str, int, int]) -> str:
     split_name, k, n_shards = job
     cfg: CorpusConfig = _STATE["cfg"]
     sources: list[SourceFile] = _STATE["sources"]
-    kept: list[ReadResult] = _STATE["kept"]
+    kept: list[FileResult] = _STATE["kept"]
     contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = _STATE["contexts"]
     chunk = _STATE["refs"][split_name][k * cfg.shard_examples : (k + 1) * cfg.shard_examples]
     examples = []
@@ -280,7 +280,7 @@ def _build(
     timer.lap("walk")
 
     # 2. Per file: read, filter, redact, sign, cut middles, index.
-    read: list[ReadResult] = []
+    read: list[FileResult] = []
     secret_kinds: Counter[str] = Counter()
     files_with_secrets = 0
     bytes_in = 0
@@ -295,11 +295,11 @@ def _build(
         else:
             read.append(res)
 
-    timer.lap("read")
+    timer.lap("files")
 
     # 3. Dedup across every repository, then split.
     result = dedup.deduplicate([dedup.DedupItem((r.repo, r.path), r.sha, r.signature) for r in read], cfg.dedup)
-    kept: list[ReadResult] = []
+    kept: list[FileResult] = []
     for r in read:
         dup = result.duplicate_of.get((r.repo, r.path))
         if dup is None:

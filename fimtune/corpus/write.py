@@ -59,15 +59,6 @@ def write_shard(folder: Path, name: str, examples: Sequence[FimExample]) -> None
     os.replace(tmp, folder / name)
 
 
-def write_split(folder: Path, split: str, examples: Sequence[FimExample], shard_examples: int) -> list[str]:
-    """Write one split as Parquet shards of at most `shard_examples` examples."""
-    n_shards = -(-len(examples) // shard_examples)
-    names = shard_names(split, n_shards)
-    for i, name in enumerate(names):
-        write_shard(folder, name, examples[i * shard_examples : (i + 1) * shard_examples])
-    return names
-
-
 def dataset_card(manifest: dict[str, Any], splits: Sequence[str]) -> str:
     """README.md with the YAML header that `datasets.load_dataset(folder)` reads."""
     files = "\n".join(f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits)
