@@ -1,0 +1,102 @@
+"""The Engine protocol and its request, result, settings and factory (shared by eval and the language server)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
+
+from fimtune.fim_format import FimRequest, Rendered
+
+# Engine name -> "module:factory"; factories take EngineSettings. Imported lazily so that a server talking to a
+# remote engine never imports torch.
+ENGINES: dict[str, str] = {
+    "local": "fimtune.engines.local:LocalEngine",
+    "openai": "fimtune.engines.openai:OpenAIEngine",
+    "llamacpp": "fimtune.engines.llamacpp:LlamaCppEngine",
+    "ollama": "fimtune.engines.ollama:OllamaEngine",
+    "fixed": "fimtune.engines.fixed:FixedEngine",
+}
+
+STOP_REASONS = ("end", "stop", "length", "cancelled")
+
+
+class EngineError(Exception):
+    """An engine could not complete: names the engine, the endpoint or model, and what failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """One completion to make.
+
+    `rendered.prompt` is the exact text fimtune's template produced; engines that take a raw prompt (local,
+    openai, ollama) send it as is. `fim` holds the same prefix, suffix and context before rendering, for engines
+    that lay out the prompt themselves (llama.cpp's /infill).
+    """
+
+    rendered: Rendered
+    fim: FimRequest
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()  # generation ends at the first of these (not included in the text)
+    temperature: float = 0.0  # 0: greedy
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What an engine produced, before stop rules."""
+
+    text: str  # the stop string or end token is not included
+    stop_reason: str  # one of STOP_REASONS: end token, stop string, token limit, cancelled
+    seconds: float  # wall time of the call
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Completes rendered FIM requests. `complete` blocks; it may be called from a worker thread and must return
+    promptly (stop_reason "cancelled", text so far) once `cancel` is set. Failures raise EngineError."""
+
+    name: str
+
+    def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class EngineSettings:
+    """How to reach or load a model. Unused fields are ignored by engines that do not need them."""
+
+    engine: str = "local"
+    endpoint: str = ""  # HTTP engines: base URL, e.g. http://127.0.0.1:8000 (vLLM), :8080 (llama.cpp), :11434 (Ollama)
+    model: str = ""  # HTTP engines: model name (for vLLM with --enable-lora, the adapter's name)
+    api_key: str = ""  # openai: bearer token, if the endpoint needs one
+    timeout_s: float = 30.0  # HTTP: whole-request timeout
+    connect_timeout_s: float = 3.0
+    run: str = ""  # local: a `fimtune train` run folder (adapter + fimtune.json)
+    base_model: str = ""  # local: a model folder, hub id or preset (`tiny`); from the run's fimtune.json if empty
+    device: str = "auto"  # local: auto | cpu | cuda | cuda:N | mps
+    fixed_text: str = ""  # fixed: the completion it returns (a deterministic engine for tests and wiring checks)
+    fixed_delay_s: float = 0.0  # fixed: how long each call takes (cancellable)
+    fixed_error: str = ""  # fixed: raise EngineError with this message instead of answering
+    extra: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields passed through
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EngineError(f"unknown engine setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def make_engine(settings: EngineSettings) -> Engine:
+    """Build the engine `settings.engine` names; its heavy imports happen here, not at fimtune import time."""
+    target = ENGINES.get(settings.engine)
+    if target is None:
+        raise EngineError(f"unknown engine {settings.engine!r}; known: {', '.join(ENGINES)}")
+    module, _, factory = target.partition(":")
+    engine: Engine = getattr(importlib.import_module(module), factory)(settings)
+    return engine

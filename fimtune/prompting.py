@@ -1,0 +1,82 @@
+"""The prompt choices for one model (template, budgets, context, tokenizer), from a run folder or a base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fimtune.config import ContextConfig, from_dict
+from fimtune.engines.base import EngineRequest
+from fimtune.fim_format import (
+    Budgets,
+    FimFormatError,
+    FimRequest,
+    FimTemplate,
+    Rendered,
+    check_tokenizer,
+    detect_template,
+    get_template,
+    render,
+    stop_strings,
+)
+from fimtune.records import FimExample
+from fimtune.run_meta import RunMeta, read_run_meta
+from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
+
+
+@dataclass
+class PromptSpec:
+    """Everything that decides the bytes a model is shown. Eval and serve build requests only through this, so a
+    tuned adapter sees exactly the layout it was trained on (its fimtune.json)."""
+
+    template: FimTemplate
+    budgets: Budgets = field(default_factory=Budgets)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    tokenizer: FimTokenizer | None = None  # exact token budgets; None: the ApproxCounter estimate
+    meta: RunMeta | None = None  # set when read from a run folder
+
+    @classmethod
+    def from_run(cls, run: str | Path, tokenizer: object | None = None) -> PromptSpec:
+        """A run folder's fimtune.json (refusing unknown format versions: RunMetaError)."""
+        meta = read_run_meta(run)
+        tok = as_fim_tokenizer(tokenizer) if tokenizer is not None else None
+        template = get_template(meta.template)
+        if tok is not None:
+            check_tokenizer(template, tok)
+        context = from_dict(ContextConfig, meta.context, "fimtune.json context") if meta.context else ContextConfig()
+        return cls(template, Budgets.from_dict(meta.budgets), context, tok, meta)
+
+    @classmethod
+    def for_base(
+        cls,
+        template: str = "auto",
+        tokenizer: object | None = None,
+        model_type: str | None = None,
+        budgets: Budgets | None = None,
+        context: ContextConfig | None = None,
+    ) -> PromptSpec:
+        """A base model without a run: the template named, or detected from its tokenizer (`auto`)."""
+        tok = as_fim_tokenizer(tokenizer) if tokenizer is not None else None
+        if template == "auto":
+            if tok is None:
+                raise FimFormatError("template auto needs the model's tokenizer; name a template instead")
+            template = detect_template(tok, model_type)
+        t = get_template(template)
+        if tok is not None:
+            check_tokenizer(t, tok)
+        return cls(t, budgets or Budgets(), context or ContextConfig(), tok)
+
+    def render(self, request: FimRequest | FimExample, middle: str | None = None) -> Rendered:
+        return render(self.template, request, middle, self.tokenizer, self.budgets)
+
+    def stops(self) -> tuple[str, ...]:
+        return stop_strings(self.template)
+
+    def request(self, fim: FimRequest | FimExample, max_tokens: int | None = None) -> EngineRequest:
+        """An engine request for a cursor: rendered prompt, the template's stop strings, a token limit (at most
+        the middle budget the model was trained with)."""
+        req = FimRequest.from_example(fim) if isinstance(fim, FimExample) else fim
+        limit = self.budgets.max_middle_tokens
+        if max_tokens is not None:
+            limit = min(max_tokens, limit)
+        return EngineRequest(rendered=self.render(req), fim=req, max_tokens=limit, stop=self.stops())
