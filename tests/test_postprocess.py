@@ -1,0 +1,526 @@
+"""Stop rules: golden cases per language (literal prefix, suffix and completion -> text and cuts), line mode,
+the rule switches, the syntax window and its cost on a 5 MB file."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from fimtune.languages import parse
+from fimtune.postprocess import (
+    CUT_NAMES,
+    MAX_WINDOW_ERRORS,
+    SYNTAX,
+    WINDOW_LINES,
+    Processed,
+    StopRules,
+    adds_syntax_errors,
+    line_mode,
+    postprocess,
+    prefix_window,
+    syntax_errors,
+)
+
+# (id, language, prefix, suffix, raw completion, expected text, expected cuts in order)
+GOLDEN: list[tuple[str, str, str, str, str, str, tuple[str, ...]]] = [
+    # python
+    (
+        "py-dedent-ends-block",
+        "python",
+        "def f(x):\n    y = x + 1\n    ",
+        "\n\ndef g():\n    pass\n",
+        "z = y * 2\n    return z\n\ndef h():\n    return 0\n",
+        "z = y * 2\n    return z",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "py-after-colon",
+        "python",
+        "def f(x):\n    if x:\n        ",
+        "\n    return 0\n",
+        "return 1\n    else:\n        return 2\n",
+        "return 1",
+        ("block_exit", "trailing_space"),
+    ),
+    ("py-single-line", "python", "def f(x):\n    return ", "\n", "x + 1\n    print(x)\n", "x + 1", ("single_line",)),
+    (
+        "py-call-args-closed-by-suffix",
+        "python",
+        "total = sum(",
+        ")\nprint(total)\n",
+        "values)",
+        "values",
+        ("block_exit",),
+    ),
+    (
+        "py-brackets-in-strings",
+        "python",
+        "def f():\n    ",
+        "\n",
+        "s = ')' + \"]\"  # )\n    return s\n",
+        "s = ')' + \"]\"  # )\n    return s",
+        ("trailing_space",),
+    ),
+    (
+        "py-suffix-overlap",
+        "python",
+        "def f(x):\n    ",
+        "\n    return x\n",
+        "x = x + 1\n    return x",
+        "x = x + 1",
+        ("suffix_overlap",),
+    ),
+    (
+        "py-repeat",
+        "python",
+        "for i in range(3):\n    ",
+        "\n",
+        "print(i)\n    print(i)\n    print(i)\n",
+        "print(i)",
+        ("repeat", "trailing_space"),
+    ),
+    ("py-syntax-reject", "python", "def f(x):\n    return ", "\n", "x +", "", ("syntax_reject",)),
+    ("py-cursor-in-string", "python", 'x = "a(', '"\n', "b)", "b)", ()),
+    (
+        "py-multiline-call",
+        "python",
+        "def f(x):\n    y = g(\n        x,\n",
+        "    )\n    return y\n",
+        "        1,\n    )\n    return y\n",
+        "        1,\n",
+        ("block_exit",),
+    ),
+    (
+        "py-docstring-dedent",
+        "python",
+        "def f(x):\n    ",
+        "\n",
+        '"""Doc.\n\nMore text at column 0.\n"""\n    return x\nprint(1)\n',
+        '"""Doc.\n\nMore text at column 0.\n"""\n    return x',
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "py-signature-then-body",  # `):` closes the prefix's `(`: the body may follow, a dedent ends it
+        "python",
+        "def f(\n    a,\n    ",
+        "\n",
+        "b,\n):\n    return a + b\n\n\ndef g():\n    pass\n",
+        "b,\n):\n    return a + b",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "py-call-then-statements",  # the block is the statement's that opened the call, not the argument lines'
+        "python",
+        "def f():\n    y = g(\n        a,\n        ",
+        "\n",
+        "b)\n    return y\n\ndef h():\n    pass\n",
+        "b)\n    return y",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "py-end-of-def-line",
+        "python",
+        "def f(x):",
+        "\n",
+        "\n    return x\n\n\nclass B:\n    pass",
+        "\n    return x",
+        ("block_exit", "trailing_space"),
+    ),
+    # javascript
+    (
+        "js-closing-brace-in-suffix",
+        "javascript",
+        "function f(x) {\n  ",
+        "\n}\n",
+        "const y = x + 1;\n  return y;\n}\n\nfunction g() {\n  return 0;\n}\n",
+        "const y = x + 1;\n  return y;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "js-finishes-block",
+        "javascript",
+        "items.forEach((item) => {\n  ",
+        "",
+        "console.log(item);\n});\nconsole.log('done');\n",
+        "console.log(item);\n});",
+        ("block_exit",),
+    ),
+    (
+        "js-template-string",
+        "javascript",
+        "function f(a) {\n  ",
+        "\n}\n",
+        "const s = `}${a}`;\n  return s;\n}\n",
+        "const s = `}${a}`;\n  return s;",
+        ("block_exit", "trailing_space"),
+    ),
+    ("js-args-single-line", "javascript", "const x = compute(", ", 2);\n", "value)", "value", ("block_exit",)),
+    (
+        "js-end-of-brace-line",
+        "javascript",
+        "if (x) {",
+        "\n}\n",
+        "\n  return 1;\n}\n",
+        "\n  return 1;",
+        ("block_exit", "trailing_space"),
+    ),
+    # typescript
+    (
+        "ts-interface",
+        "typescript",
+        "interface User {\n  ",
+        "\n}\n",
+        "name: string;\n  age: number;\n}\n\ninterface Admin extends User {}\n",
+        "name: string;\n  age: number;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "ts-generics",
+        "typescript",
+        "function id<T>(x: T): T {\n  ",
+        "\n}\n",
+        "const m: Map<string, T> = new Map();\n  return x;\n}\n",
+        "const m: Map<string, T> = new Map();\n  return x;",
+        ("block_exit", "trailing_space"),
+    ),
+    # go
+    (
+        "go-func-body",
+        "go",
+        "func f(x int) int {\n\t",
+        "\n}\n",
+        "y := x * 2\n\treturn y\n}\n\nfunc g() {}\n",
+        "y := x * 2\n\treturn y",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "go-raw-string-rune",
+        "go",
+        "func f() int {\n\t",
+        "\n}\n",
+        "s := `}` + string('}')\n\treturn len(s)\n}\n",
+        "s := `}` + string('}')\n\treturn len(s)",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "go-repeat",
+        "go",
+        "func f(x int) {\n\t",
+        "\n}\n",
+        "fmt.Println(x)\n\tfmt.Println(x)\n",
+        "fmt.Println(x)",
+        ("repeat", "trailing_space"),
+    ),
+    # rust
+    (
+        "rust-lifetime-char",
+        "rust",
+        "fn first<'a>(s: &'a str) -> char {\n    ",
+        "\n}\n",
+        "let c = s.chars().next().unwrap_or('}');\n    c\n}\n\nfn main() {}\n",
+        "let c = s.chars().next().unwrap_or('}');\n    c",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "rust-syntax-reject",
+        "rust",
+        "fn f() -> i32 {\n    let x = 1;\n    ",
+        "\n    x\n}\n",
+        "let y = (x + ;",
+        "",
+        ("syntax_reject",),
+    ),
+    (
+        "rust-raw-string",
+        "rust",
+        "fn f() -> usize {\n    ",
+        "\n}\n",
+        'let s = r#"}"#;\n    s.len()\n}\n',
+        'let s = r#"}"#;\n    s.len()',
+        ("block_exit", "trailing_space"),
+    ),
+    # java
+    (
+        "java-method-body",
+        "java",
+        "class A {\n    int f(int x) {\n        ",
+        "\n    }\n}\n",
+        "int y = x + 1;\n        return y;\n    }\n\n    int g() { return 0; }\n",
+        "int y = x + 1;\n        return y;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "java-string-semicolon",
+        "java",
+        "class A {\n    String s = ",
+        ";\n}\n",
+        '"a{b";\n    int x;',
+        '"a{b"',
+        ("single_line", "suffix_overlap"),
+    ),
+    # c
+    (
+        "c-comment-brace",
+        "c",
+        "int f(int x) {\n    ",
+        "\n}\n",
+        "/* } */ int y = x;\n    return y;\n}\nint g(void) { return 0; }\n",
+        "/* } */ int y = x;\n    return y;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "c-printf-args",
+        "c",
+        "int main(void) {\n    printf(",
+        ");\n}\n",
+        '"%d)\\n", 42);\n    return 0;\n',
+        '"%d)\\n", 42',
+        ("block_exit",),
+    ),
+    # cpp
+    (
+        "cpp-method",
+        "cpp",
+        "namespace ns {\nclass A {\n public:\n  int f() {\n    ",
+        "\n  }\n\n private:\n  int x_;\n};\n}  // namespace ns\n",
+        "return x_;\n  }\n\n private:\n  int x_;\n",
+        "return x_;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "cpp-raw-string",
+        "cpp",
+        "size_t f() {\n    ",
+        "\n}\n",
+        'auto s = R"x(})x";\n    return s.size();\n}\n',
+        'auto s = R"x(})x";\n    return s.size();',
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "cpp-repeat-pair",
+        "cpp",
+        "void f() {\n    ",
+        "\n}\n",
+        "a();\n    b();\n    a();\n    b();\n    a();\n",
+        "a();\n    b();",
+        ("repeat", "trailing_space"),
+    ),
+    # any other language: language-independent rules only
+    ("yaml-repeat", "yaml", "key:\n  ", "", "a: 1\n  a: 1\n", "a: 1", ("repeat", "trailing_space")),
+]
+
+
+LANGUAGES_COVERED = {"python", "javascript", "typescript", "go", "rust", "java", "c", "cpp"}
+
+
+def test_golden_cases_cover_every_language() -> None:
+    assert {case[1] for case in GOLDEN} >= LANGUAGES_COVERED
+    assert {case[1] for case in GOLDEN} - set(SYNTAX)  # and one language without an entry
+
+
+@pytest.mark.parametrize(
+    ("language", "prefix", "suffix", "completion", "text", "cuts"), [c[1:] for c in GOLDEN], ids=[c[0] for c in GOLDEN]
+)
+def test_golden(language: str, prefix: str, suffix: str, completion: str, text: str, cuts: tuple[str, ...]) -> None:
+    out = postprocess(completion, prefix, suffix, language)
+    assert (out.text, out.cuts) == (text, cuts)
+    assert set(out.cuts) <= set(CUT_NAMES)
+    assert out.rejected == ("syntax_reject" in cuts)
+    if out.text:  # what is kept never adds syntax errors
+        assert not adds_syntax_errors(prefix, out.text, suffix, language)
+
+
+# (language, text before the cursor, text after it, expected mode)
+LINE_MODES = [
+    ("python", "def f():\n    ", "\n", "multi"),  # blank line
+    ("python", "if x:", "\n", "multi"),  # opens a block
+    ("python", "if x:  # note", "\n", "multi"),  # the comment does not count
+    ("python", "x = 1  # done:", "\n", "single"),  # a colon inside the comment does not open a block
+    ("python", "s = 'a:'", "\n", "single"),  # nor inside a string
+    ("python", "print(", ")\n", "multi"),  # only closing brackets after the cursor
+    ("python", "foo(a, ", "b)\n", "single"),  # code after the cursor
+    ("python", "    ", "x = 1\n", "single"),  # cursor in the indentation of a code line
+    ("python", "    return x", "\n", "single"),  # end of a line with code
+    ("javascript", "function f() {", "}\n", "multi"),  # editor's auto-closed braces
+    ("javascript", "const f = () =>", "\n", "multi"),
+    ("javascript", "  case 1:", "\n", "multi"),
+    ("javascript", "let x = 1;", "\n", "single"),
+    ("typescript", "type A = {", "\n", "multi"),
+    ("typescript", "const n: number = ", "\n", "single"),
+    ("go", "func f() {", "\n", "multi"),
+    ("go", "x := y", " + 1\n", "single"),
+    ("rust", "Some(x) =>", "\n", "multi"),
+    ("rust", "let x = 1;", "\n", "single"),
+    ("java", "if (x) { // go", "\n", "multi"),
+    ("java", "return x", ";\n", "single"),
+    ("c", "#include <stdio.h>", "\n", "single"),
+    ("c", "switch (x) {", "\n", "multi"),
+    ("cpp", "std::vector<int> v = {", "};\n", "multi"),
+    ("cpp", "int x = f(", "a);\n", "single"),
+    ("yaml", "key:", "\n", "multi"),  # no entry: brackets and ':' open
+    ("yaml", "key: value", "\n", "single"),
+]
+
+
+@pytest.mark.parametrize(("language", "before", "after", "mode"), LINE_MODES)
+def test_line_mode(language: str, before: str, after: str, mode: str) -> None:
+    assert line_mode("# header\n" + before, after + "more = 1\n", language) == mode
+
+
+def test_line_mode_covers_every_language() -> None:
+    assert {m[0] for m in LINE_MODES} >= LANGUAGES_COVERED
+    assert line_mode("", "", "python") == "multi"  # an empty file
+
+
+def test_single_line_mode_keeps_the_first_line_and_empty_is_valid() -> None:
+    out = postprocess("\n    return x\n", "x = 1", "\n", "python")
+    assert out == Processed("", "single", ("single_line",))
+    assert not out.rejected
+    assert postprocess("", "def f():\n    ", "\n", "python") == Processed("", "multi", ())
+
+
+def test_mode_override() -> None:
+    raw = "a = 1\n    b = 2"
+    prefix, suffix = "def f():\n    x = ", "\n"  # auto: single (end of a line with code)
+    assert postprocess(raw, prefix, suffix, "python").text == "a = 1"
+    multi = postprocess(raw, prefix, suffix, "python", StopRules(mode="multi", syntax=False))
+    assert (multi.text, multi.mode) == (raw, "multi")
+    assert postprocess(raw, "def f():\n    ", "\n", "python", StopRules(mode="single")).text == "a = 1"
+
+
+def test_off_returns_the_raw_completion() -> None:
+    raw = "y = 1   \n    y = 1\n}\n\ndef g(:\n"
+    out = postprocess(raw, "def f():\n    ", "\n", "python", StopRules.off())
+    assert out == Processed(raw, "multi", ())
+
+
+@pytest.mark.parametrize(
+    ("rules", "text", "cuts"),
+    [
+        (StopRules(), "a = 1\n    a = 2", ("block_exit", "repeat", "trailing_space")),
+        (StopRules(block=False), "a = 1\n    a = 2", ("repeat", "trailing_space")),
+        (
+            StopRules(block=False, repeats=False, syntax=False),
+            "a = 1\n    a = 2\n    a = 2\nb = 3",
+            ("trailing_space",),
+        ),
+        (StopRules(block=False, repeats=False, syntax=False, max_lines=2), "a = 1\n    a = 2", ("max_lines",)),
+    ],
+)
+def test_each_rule_can_be_switched_off(rules: StopRules, text: str, cuts: tuple[str, ...]) -> None:
+    raw = "a = 1\n    a = 2\n    a = 2\nb = 3\n"
+    out = postprocess(raw, "if x:\n    ", "\nz = 0\n", "python", rules)
+    assert (out.text, out.cuts) == (text, cuts)
+
+
+def test_suffix_overlap_keeps_brackets_the_completion_opened_and_whole_words() -> None:
+    # `bar()` before `)`: the tail `)` closes the completion's own `(`, so it stays (the block rule keeps it too)
+    assert postprocess("bar()", "foo(", ")\n", "javascript").text == "bar()"
+    assert postprocess("bar()", "foo(", ")\n", "yaml").text == "bar()"
+    # the whole completion repeats the suffix: nothing to insert
+    assert postprocess("value", "print(", "value)\n", "python") == Processed("", "single", ("suffix_overlap",))
+    # `bay` before `y)`: the tail `y` starts inside a word, so it is kept
+    assert postprocess("bay", "f(", "y)\n", "python", StopRules(syntax=False)).text == "bay"
+    # without a grammar the overlap still goes
+    assert postprocess("x = 1\nend", "", "\nend\n", "yaml").text == "x = 1"
+
+
+def test_text_after_the_cursor_keeps_the_completions_end() -> None:
+    assert postprocess("a + ", "return ", "x\n", "python").text == "a + "
+    assert postprocess("a + b  ", "return ", "\n", "python").text == "a + b"
+
+
+def test_syntax_reject_only_for_new_errors() -> None:
+    broken = "def f(:\n    pass\n\ndef g():\n    "  # the file already has an error above the cursor
+    assert postprocess("return 1", broken, "\n", "python").text == "return 1"
+    assert postprocess("return (1", broken, "\n", "python").rejected
+    # a completion that fixes the hole is kept
+    assert postprocess("1", "x = ", "\n", "python").text == "1"
+    assert adds_syntax_errors("x = 1\n", "z = (", "\ny = 2\n", "python")
+    assert not adds_syntax_errors("x = 1\n", "z = (", "\ny = 2\n", "yaml")  # no grammar: never rejected
+    # counts are compared, not places: swapping the hole's error (`x = `) for another (`x = 1 +`) is not rejected
+    assert not adds_syntax_errors("x = ", "1 +", "\n", "python")
+    # non-ASCII text before the insertion (the incremental reparse uses byte offsets)
+    assert not adds_syntax_errors("s = 'é€😀'\nx = ", "1\ny = 2", "\nprint(x)\n", "python")
+    assert adds_syntax_errors("s = 'é€😀'\nx = ", "1\ny = (", "\nprint(x)\n", "python")
+
+
+def test_syntax_check_reads_a_window_around_the_cursor() -> None:
+    far = "def broken(:\n" + "x = 1\n" * (WINDOW_LINES + 5)
+    near = "def broken(:\n" + "x = 1\n" * (WINDOW_LINES - 5)
+    assert syntax_errors(far, "y = 2\n", "", "python") == 0
+    assert (syntax_errors(near, "y = 2\n", "", "python") or 0) >= 1
+    after = "y = 2\n" * (WINDOW_LINES + 5) + "def broken(:\n"
+    assert syntax_errors("", "", after, "python") == 0
+    assert (syntax_errors("", "", "def broken(:\n" + after, "python") or 0) >= 1
+    assert syntax_errors("", "", "", "yaml") is None
+
+
+def test_window_does_not_start_inside_a_docstring() -> None:
+    """150 lines back from the cursor is the middle of a long docstring with brackets and quotes in it: the window
+    starts at the next top-level line instead, so the code is not read as text (no errors, brackets not counted)."""
+    doc = "    text (with [brackets and 'quotes\n" * 200
+    body = "    y = 2\n" * 60
+    prefix = f'def f():\n    """Doc.\n{doc}    """\n    return 1\n\n\ndef g():\n{body}    '
+    window = prefix_window(prefix)
+    assert window.startswith("def g():\n") and window.endswith("    y = 2\n    ")
+    assert syntax_errors(prefix, "return y\n", "\n", "python") == 0
+    out = postprocess("return y\n\ndef h():\n    pass\n", prefix, "\n", "python")
+    assert (out.text, out.cuts) == ("return y", ("block_exit", "trailing_space"))
+    # the plain last 150 lines start in the docstring: read as code, they do not parse
+    plain = "\n".join(prefix.split("\n")[-WINDOW_LINES - 1 :])
+    assert plain.startswith("    text (with") and parse("python", (plain + "return y\n").encode()).root_node.has_error
+
+
+def test_no_verdict_on_a_window_that_is_not_code() -> None:
+    """The cursor is deep in a long docstring: read as code, the window has hundreds of errors, so nothing is
+    rejected (and the parse of the baseline is skipped)."""
+    arg = (
+        "        max_new_tokens (`int`, *optional*):\n            The maximum number of tokens, ignoring the prompt.\n"
+    )
+    prefix = 'class A:\n    def f(self):\n        """\n        Args:\n' + arg * 100 + "        "
+    suffix = "\n" + arg * 20 + '        """\n'
+    before = syntax_errors(prefix, "", suffix, "python") or 0
+    assert before > MAX_WINDOW_ERRORS
+    assert (syntax_errors(prefix, "min_length (`int`", suffix, "python") or 0) > before  # would be rejected
+    out = postprocess("min_length (`int`", prefix, suffix, "python")
+    assert (out.text, out.cuts) == ("min_length (`int`", ())
+
+
+def test_prefix_window_at_the_top_of_a_file_is_the_whole_prefix() -> None:
+    prefix = '"""Module doc with word lines.\n' + "text\n" * 20 + '"""\n\ndef f():\n    '
+    assert prefix_window(prefix) == prefix
+
+
+def test_threads_get_the_same_answers() -> None:
+    cases = GOLDEN * 4
+    expected = [postprocess(c[4], c[2], c[3], c[1]) for c in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda c: postprocess(c[4], c[2], c[3], c[1]), cases))
+    assert got == expected
+
+
+def test_stop_rules_validate() -> None:
+    with pytest.raises(ValueError, match="mode must be one of auto, single, multi"):
+        StopRules(mode="lines")
+    with pytest.raises(ValueError, match="max_lines"):
+        StopRules(max_lines=-1)
+
+
+def test_cost_does_not_grow_with_the_file() -> None:
+    """A cursor in the middle of a 5 MB Python file: postprocess reads only a window, so it stays in the
+    milliseconds (the language server's whole overhead budget is 15 ms p95)."""
+    unit = "class C:\n    def method(self, x):\n        y = x + 1\n        return y\n\n"
+    half = unit * (2_500_000 // len(unit) + 1)
+    prefix, suffix = half + "def f(x):\n    ", "\n" + half
+    raw = "z = compute(x)\n    return z\n\ndef g():\n    pass\n"
+    assert len(prefix) + len(suffix) > 5_000_000
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        out = postprocess(raw, prefix, suffix, "python")
+        best = min(best, time.perf_counter() - start)
+    assert out.text == "z = compute(x)\n    return z"
+    assert best < 0.05, f"postprocess on a 5 MB file took {best * 1000:.1f} ms"
