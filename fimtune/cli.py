@@ -100,10 +100,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_train_parser(sub)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from fimtune.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from fimtune.serve_cmd import add_serve_parser
+
+    add_serve_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_build_corpus,
     _add_train,
+    _add_eval,
     _add_render,
+    _add_serve,
 ]
 
 

@@ -1,0 +1,293 @@
+"""The local engine: a transformers model (plus an optional PEFT adapter from a run folder) generating in-process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings
+from fimtune.fim_format import FimFormatError, get_template, prompt_ids
+from fimtune.prompting import PromptSpec
+from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta
+from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
+from fimtune.train.model import ModelError, load_tokenizer, model_type_of, resolve_base_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# How often a request waiting for the model (another thread holds it) looks at its cancel event.
+_LOCK_POLL_S = 0.02
+
+
+def pick_device(requested: str) -> str:
+    """auto: cuda, then mps, then cpu; a named device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"local engine: device {requested!r} asked for, but torch sees no CUDA GPU; use device auto")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EngineError("local engine: device 'mps' asked for, but it is not available; use device auto")
+    if requested != "cpu" and not requested.startswith(("cuda", "mps")):
+        raise EngineError(f"local engine: unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+    return requested
+
+
+class _Watch(StoppingCriteria):
+    """Checked after every generated token: the cancel event, and the request's stop strings in the decoded tail."""
+
+    def __init__(self, tok: FimTokenizer, prompt_len: int, stops: Sequence[str], cancel: threading.Event | None):
+        self.tok = tok
+        self.prompt_len = prompt_len
+        self.stops = [s for s in stops if s]
+        self.cancel = cancel
+        self.cancelled = False
+        self.stopped = False
+        # Enough trailing tokens to hold the longest stop string: a token is at least one byte, a character at
+        # most four.
+        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = False
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancelled = done = True
+        elif self.stops:
+            tail = input_ids[0, max(self.prompt_len, input_ids.shape[1] - self.tail) :].tolist()
+            text = self.tok.decode(tail)
+            if any(s in text for s in self.stops):
+                self.stopped = done = True
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def _cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class LocalEngine:
+    """Generates with transformers in this process: greedy by default, stopping on the template's end token (and
+    the tokenizer's eos), on the request's stop strings, on max_tokens, or promptly once `cancel` is set.
+
+    One model serves all threads: calls are serialized by a lock (a waiting call still honours its cancel event).
+    `without_adapter()` gives a view that runs the same loaded model with its adapter switched off (eval --compare).
+    """
+
+    name = "local"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.run: Path | None = Path(settings.run).expanduser() if settings.run else None
+        self.meta: RunMeta | None = None
+        if self.run is not None:
+            try:
+                self.meta = read_run_meta(self.run)
+            except RunMetaError as e:
+                raise EngineError(f"local engine: {e}") from None
+        self.base_path = self._resolve_base()
+        try:
+            self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(self.base_path)
+            self.model_type = model_type_of(self.base_path)
+        except ModelError as e:
+            raise EngineError(f"local engine: {e}") from None
+        self.fim_tokenizer = as_fim_tokenizer(self.tokenizer)
+        self.device = pick_device(settings.device)
+        self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        try:
+            model: Any = AutoModelForCausalLM.from_pretrained(str(self.base_path), dtype=self.dtype)
+        except (OSError, ValueError) as e:
+            raise EngineError(
+                f"local engine: cannot load a causal language model from {self.base_path}: {str(e).splitlines()[0]}"
+            ) from None
+        self.adapter: Path | None = None
+        if self.run is not None and self.meta is not None:
+            from peft import PeftModel
+
+            self.adapter = (self.run / self.meta.adapter).resolve()
+            if not (self.adapter / "adapter_config.json").exists():
+                raise EngineError(
+                    f"local engine: {self.adapter} has no adapter_config.json; is {self.run} a finished "
+                    "`fimtune train` run?"
+                )
+            try:
+                with warnings.catch_warnings():  # transformers' own deprecation notes about PEFT internals
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model = PeftModel.from_pretrained(model, str(self.adapter))
+            except (OSError, ValueError, RuntimeError) as e:
+                raise EngineError(
+                    f"local engine: the adapter in {self.adapter} does not load onto base model {self.base_path} "
+                    f"({str(e).splitlines()[0]}); use the base it was trained on (the run's fimtune.json names it)"
+                ) from None
+        self.model: PreTrainedModel = model.to(self.device).eval()
+        self._lock = threading.Lock()
+        self._end_ids: dict[str, list[int]] = {}
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        log.info(
+            "local engine: %s%s on %s (%s)",
+            self.base_path,
+            f" + adapter {self.adapter}" if self.adapter else "",
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+        )
+
+    def _resolve_base(self) -> Path:
+        name = self.settings.base_model or (self.meta.base_model if self.meta else "")
+        if not name:
+            raise EngineError("local engine: give a base model (--base-model: a folder, hub id or `tiny`) or a run")
+        try:
+            return resolve_base_model(name)
+        except ModelError as e:
+            recorded = Path(self.meta.base_model_path) if self.meta and self.meta.base_model_path else None
+            if recorded is not None and not self.settings.base_model and (recorded / "config.json").exists():
+                log.info("base model %s not found (%s); using the run's recorded %s", name, e, recorded)
+                return recorded
+            raise EngineError(f"local engine: {e}") from None
+
+    # --- prompt choices --------------------------------------------------------------------------------------
+
+    def prompt_spec(self, template: str = "auto") -> PromptSpec:
+        """How to render requests for this model: the run's fimtune.json, or the base's template (`auto`:
+        detected from its tokenizer), with this tokenizer so budgets are exact token counts."""
+        try:
+            if self.run is not None and self.meta is not None:
+                if template not in ("auto", self.meta.template):
+                    raise EngineError(
+                        f"local engine: run {self.run} was trained with template {self.meta.template!r}; "
+                        f"it cannot be prompted with {template!r} (leave the template on auto)"
+                    )
+                return PromptSpec.from_run(self.run, self.fim_tokenizer)
+            return PromptSpec.for_base(template, self.fim_tokenizer, self.model_type)
+        except (FimFormatError, RunMetaError) as e:
+            raise EngineError(f"local engine: {e}") from None
+
+    # --- generation ------------------------------------------------------------------------------------------
+
+    def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
+        return self._complete(request, cancel, nullcontext)
+
+    def without_adapter(self) -> LocalEngine | BaseView:
+        """The same loaded model with its adapter switched off (the plain base); this engine if it has none."""
+        return BaseView(self) if self.adapter is not None else self
+
+    def _adapter_off(self) -> AbstractContextManager[Any]:
+        peft_model: Any = self.model  # a PeftModel whenever an adapter is loaded
+        context: AbstractContextManager[Any] = peft_model.disable_adapter()
+        return context
+
+    def _end_token_ids(self, template_name: str) -> list[int]:
+        ids = self._end_ids.get(template_name)
+        if ids is None:
+            try:
+                template = get_template(template_name)
+            except FimFormatError as e:
+                raise EngineError(f"local engine: {e}") from None
+            found = [self.fim_tokenizer.token_to_id(template.end), self.tokenizer.eos_token_id]
+            ids = self._end_ids[template_name] = sorted({i for i in found if i is not None})
+        return ids
+
+    def _complete(
+        self,
+        request: EngineRequest,
+        cancel: threading.Event | None,
+        scope: Any,
+    ) -> Completion:
+        start = time.perf_counter()
+        if self.model is None:
+            raise EngineError("local engine: this engine was closed; build a new one")
+        try:
+            ids = prompt_ids(request.rendered.template, request.rendered, self.fim_tokenizer)
+        except FimFormatError as e:
+            raise EngineError(f"local engine: {e}") from None
+        end_ids = self._end_token_ids(request.rendered.template)
+        with self._locked(cancel) as got:
+            if not got:
+                return Completion("", "cancelled", time.perf_counter() - start, len(ids), 0)
+            if request.max_tokens <= 0:
+                return Completion("", "length", time.perf_counter() - start, len(ids), 0)
+            watch = _Watch(self.fim_tokenizer, len(ids), request.stop, cancel)
+            sampling = request.temperature > 0
+            config = GenerationConfig(
+                max_new_tokens=request.max_tokens,
+                do_sample=sampling,
+                temperature=request.temperature if sampling else None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=end_ids,
+                pad_token_id=self._pad_id,
+            )
+            inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
+            try:
+                with torch.inference_mode(), scope():
+                    out = self.model.generate(  # type: ignore[operator]
+                        input_ids=inputs,
+                        attention_mask=torch.ones_like(inputs),
+                        generation_config=config,
+                        stopping_criteria=StoppingCriteriaList([watch]),
+                    )
+            except torch.OutOfMemoryError:
+                raise EngineError(
+                    f"local engine: out of memory generating from a {len(ids)}-token prompt on {self.device}; "
+                    "lower the prompt budget (train with a shorter --seq-len) or use a smaller model"
+                ) from None
+            new = out[0, len(ids) :].tolist()
+        generated = len(new)  # what the model produced, the end token or stop string included
+        reason = "length"
+        if new and new[-1] in end_ids:
+            new, reason = new[:-1], "end"
+        text, cut = _cut_at_stops(self.fim_tokenizer.decode(new), request.stop)
+        if cut:
+            reason = "stop"
+        elif watch.cancelled and reason != "end":
+            reason = "cancelled"
+        return Completion(text, reason, time.perf_counter() - start, len(ids), generated)
+
+    @contextmanager
+    def _locked(self, cancel: threading.Event | None) -> Iterator[bool]:
+        """Hold the model; yields False (without the lock) when `cancel` is set while waiting for it."""
+        while not self._lock.acquire(timeout=_LOCK_POLL_S):
+            if cancel is not None and cancel.is_set():
+                yield False
+                return
+        try:
+            yield cancel is None or not cancel.is_set()
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Drop the model (and free GPU memory); the engine cannot be used afterwards."""
+        with self._lock:
+            self.model = None  # type: ignore[assignment]
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+
+class BaseView:
+    """An Engine that runs a LocalEngine's model with the adapter disabled (same lock, same tokenizer)."""
+
+    name = "local-base"
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    def prompt_spec(self, template: str = "auto") -> PromptSpec:
+        return self.engine.prompt_spec(template)
+
+    def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
+        return self.engine._complete(request, cancel, self.engine._adapter_off)
+
+    def close(self) -> None:
+        pass  # the view owns nothing; close the engine it came from

@@ -1,0 +1,375 @@
+"""The eval run, top to bottom: examples -> engine(s) -> prompts via PromptSpec -> complete -> stop rules -> scores."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fimtune import __version__
+from fimtune.corpus.read import SPLITS, CorpusReadError, open_corpus
+from fimtune.engines.base import ENGINES, Completion, Engine, EngineError, EngineRequest, EngineSettings, make_engine
+from fimtune.eval.metrics import METRICS, aggregate, paired_bootstrap, score_example
+from fimtune.eval.report import MAIN_METRICS, report_paths, write_report
+from fimtune.fim_format import FimFormatError
+from fimtune.postprocess import StopRules, postprocess
+from fimtune.prompting import PromptSpec
+from fimtune.records import FimExample
+from fimtune.run_meta import RunMetaError, read_run_meta
+
+log = logging.getLogger(__name__)
+
+# Rule sets every completion is scored under: what the editor inserts, and the raw completion.
+RULES: dict[str, StopRules] = {"rules": StopRules(), "raw": StopRules.off()}
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+class EvalError(Exception):
+    """Eval cannot run or failed; the message names the flag, folder, engine or example and what to do."""
+
+
+@dataclass
+class EvalConfig:
+    """Everything `fimtune eval` does; recorded in report.json."""
+
+    corpus: str
+    base_model: str = ""  # model folder, hub id or `tiny`; default: the run's base
+    run: str = ""  # a `fimtune train` run folder
+    compare: bool = False  # also the run's base model (same prompts), with paired bootstrap intervals
+    engine: str = "local"
+    endpoint: str = ""
+    model: str = ""
+    template: str = "auto"  # a base model's template; a run's is fixed by its fimtune.json
+    split: str = "test"
+    limit: int = 0  # 0: every example of the split; else a seeded sample of this many
+    max_tokens: int = 0  # 0: the middle budget (the run's max_middle_tokens)
+    seed: int = 0
+    device: str = "auto"
+    out: str = "report.json"
+    fixed_text: str = ""  # engine `fixed` only
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise EvalError(f"--engine {self.engine!r} is not an engine; use one of {', '.join(ENGINES)}")
+        if not self.run and not self.base_model:
+            raise EvalError("give the model to evaluate: --run RUN (a `fimtune train` folder) or --base-model M")
+        if self.compare and not self.run:
+            raise EvalError("--compare needs --run RUN: it evaluates the run's base model and its adapter side by side")
+        if self.compare and self.engine != "local":
+            raise EvalError(
+                f"--compare runs the base and the adapter on one loaded model and needs --engine local; with "
+                f"--engine {self.engine}, evaluate the served base and the served adapter in two runs (--model)"
+            )
+        if self.split not in SPLITS:
+            raise EvalError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.limit < 0 or self.max_tokens < 0:
+            raise EvalError("--limit and --max-tokens: 0 (all / the middle budget) or more")
+
+
+@dataclass
+class Model:
+    """One model under evaluation: its name in the report, what it is, and the engine that completes for it."""
+
+    label: str
+    description: str
+    engine: Engine
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    examples: list[dict[str, Any]]
+    paths: list[Path] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        """A few lines for the terminal: headline scores, the difference, where the files are."""
+        lines = []
+        for name, m in self.report["models"].items():
+            lines.append(
+                f"{name}: exact match {m['exact_match']:.3f}, edit similarity {m['edit_similarity']:.3f} "
+                f"(raw {m['raw']['exact_match']:.3f} / {m['raw']['edit_similarity']:.3f}), n={m['n']}, "
+                f"{m['timing']['examples_per_s']:.2f} examples/s"
+            )
+        comparison = self.report.get("comparison")
+        if comparison:
+            for metric in MAIN_METRICS:
+                d = comparison["rules"][metric]
+                lines.append(
+                    f"{comparison['b']} - {comparison['a']} {metric.replace('_', ' ')}: {d['diff']:+.3f} "
+                    f"[{d['low']:+.3f}, {d['high']:+.3f}]"
+                )
+        if self.paths:
+            lines.append("wrote " + ", ".join(str(p) for p in self.paths))
+        return lines
+
+
+def pick(examples: list[FimExample], limit: int, seed: int) -> list[FimExample]:
+    """All examples, or a seeded sample of `limit` of them in corpus order."""
+    if not limit or limit >= len(examples):
+        return examples
+    chosen = set(random.Random(seed).sample(range(len(examples)), limit))
+    return [ex for i, ex in enumerate(examples) if i in chosen]
+
+
+def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
+    """The PromptSpec for an engine that holds no tokenizer (HTTP, fixed): the run's fimtune.json with the
+    tokenizer training saved beside it, or the base model's template and tokenizer."""
+    from fimtune.train.model import ModelError, load_tokenizer, model_type_of, resolve_base_model
+
+    try:
+        if cfg.run:
+            run = Path(cfg.run).expanduser()
+            meta = read_run_meta(run)
+            for where in (run, Path(meta.base_model_path)) if meta.base_model_path else (run,):
+                if (where / "tokenizer_config.json").exists():
+                    return PromptSpec.from_run(run, load_tokenizer(where))
+            log.warning("no tokenizer in %s or at %s: prompt budgets are estimates", run, meta.base_model_path)
+            return PromptSpec.from_run(run)
+        path = resolve_base_model(cfg.base_model)
+        return PromptSpec.for_base(cfg.template, load_tokenizer(path), model_type_of(path))
+    except (ModelError, RunMetaError, FimFormatError) as e:
+        raise EvalError(str(e)) from None
+
+
+def build_models(cfg: EvalConfig) -> tuple[list[Model], PromptSpec, dict[str, Any]]:
+    """The engine(s) to evaluate, the one PromptSpec every model's prompts come from, and the engine's details."""
+    settings = EngineSettings(
+        engine=cfg.engine,
+        endpoint=cfg.endpoint,
+        model=cfg.model,
+        run=cfg.run,
+        base_model=cfg.base_model,
+        device=cfg.device,
+        fixed_text=cfg.fixed_text,
+    )
+    info: dict[str, Any] = {"name": cfg.engine}
+    try:
+        if cfg.engine != "local":
+            spec = _spec_without_engine(cfg)
+            engine = make_engine(settings)
+            info.update(endpoint=cfg.endpoint, model=cfg.model)
+            what = cfg.model or cfg.base_model or cfg.run
+            label = "tuned" if cfg.run else "base"
+            return [Model(label, f"{what} served by {cfg.engine}", engine)], spec, info
+
+        from fimtune.engines.local import LocalEngine
+
+        local = make_engine(settings)
+        assert isinstance(local, LocalEngine)
+        spec = local.prompt_spec(cfg.template)
+    except EngineError as e:
+        raise EvalError(str(e)) from None
+    info.update(device=local.device, dtype=str(local.dtype).removeprefix("torch."), base_model=str(local.base_path))
+    base_name = cfg.base_model or (local.meta.base_model if local.meta else "")
+    if local.adapter is None:
+        return [Model("base", f"{base_name} (base model)", local)], spec, info
+    info["adapter"] = str(local.adapter)
+    tuned = Model("tuned", f"{cfg.run} (LoRA adapter on {base_name})", local)
+    if not cfg.compare:
+        return [tuned], spec, info
+    base = Model("base", f"{base_name} (the same loaded model, adapter disabled)", local.without_adapter())
+    return [base, tuned], spec, info
+
+
+def _complete(model: Model, req: EngineRequest, ex: FimExample) -> Completion:
+    try:
+        return model.engine.complete(req)
+    except EngineError as e:
+        raise EvalError(f"{model.label} model on example {ex.id} ({ex.repo}/{ex.path}): {e}") from None
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def evaluate_model(
+    model: Model, examples: list[FimExample], requests: list[EngineRequest], bar: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Complete every example, apply both rule sets, score; returns the model's summary, the per-example records
+    and the score rows per rule set (for the paired bootstrap)."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in RULES}
+    records: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    cuts: Counter[str] = Counter()
+    latencies: list[float] = []
+    tokens = 0
+    started = time.perf_counter()
+    for ex, req in zip(examples, requests, strict=True):
+        completion = _complete(model, req, ex)
+        reasons[completion.stop_reason] += 1
+        latencies.append(completion.seconds)
+        tokens += completion.completion_tokens or 0
+        record: dict[str, Any] = {
+            "model": model.label,
+            "id": ex.id,
+            "repo": ex.repo,
+            "path": ex.path,
+            "language": ex.language,
+            "span_kind": ex.span_kind,
+            "reference": ex.middle,
+            "completion": completion.text,
+            "stop_reason": completion.stop_reason,
+            "rendered_prompt_tokens": req.rendered.prompt_tokens,  # PromptSpec's count (the model's tokenizer)
+            "prompt_tokens": completion.prompt_tokens,  # the engine's own count, if it gives one
+            "completion_tokens": completion.completion_tokens,
+            "seconds": round(completion.seconds, 6),
+        }
+        for name, rules in RULES.items():
+            processed = postprocess(completion.text, ex.prefix, ex.suffix, ex.language, rules)
+            scores = score_example(processed.text, ex.middle, prefix=ex.prefix, suffix=ex.suffix, language=ex.language)
+            rows[name].append({**scores, "span_kind": ex.span_kind, "language": ex.language})
+            record[name] = {"text": processed.text, "cuts": list(processed.cuts), "scores": scores}
+            if name == "rules":
+                cuts.update(processed.cuts)
+        records.append(record)
+        bar.update(1)
+    seconds = time.perf_counter() - started
+    summary: dict[str, Any] = {"description": model.description}
+    for name in RULES:
+        part = {
+            **aggregate(rows[name], metrics=METRICS),
+            "by_span_kind": aggregate(rows[name], by="span_kind", metrics=METRICS),
+            "by_language": aggregate(rows[name], by="language", metrics=METRICS),
+        }
+        if name == "rules":
+            summary.update(part)
+        else:
+            summary[name] = part
+    summary["stop_reasons"] = dict(sorted(reasons.items()))
+    summary["cuts"] = dict(sorted(cuts.items()))
+    summary["timing"] = {
+        "seconds": round(seconds, 4),
+        "examples_per_s": round(len(examples) / seconds, 3) if seconds > 0 else 0.0,
+        "engine_seconds": round(math.fsum(latencies), 4),
+        "latency_p50_s": round(_quantile(latencies, 0.5), 4),
+        "latency_p95_s": round(_quantile(latencies, 0.95), 4),
+        "completion_tokens": tokens,
+        "completion_tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+    }
+    return summary, records, rows
+
+
+def compare(base: dict[str, list[dict[str, Any]]], tuned: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, Any]:
+    """tuned - base per metric (both rule sets), with a paired bootstrap interval over the examples where the
+    metric applies to both."""
+    out: dict[str, Any] = {
+        "a": "base",
+        "b": "tuned",
+        "difference": "tuned - base",
+        "confidence": CONFIDENCE,
+        "n_resamples": BOOTSTRAP_RESAMPLES,
+        "seed": seed,
+    }
+    for name in RULES:
+        per_metric: dict[str, Any] = {}
+        for metric in METRICS:
+            pairs = [
+                (float(x[metric]), float(y[metric]))
+                for x, y in zip(base[name], tuned[name], strict=True)
+                if x[metric] is not None and y[metric] is not None
+            ]
+            if not pairs:
+                continue
+            a, b = zip(*pairs, strict=True)
+            d = paired_bootstrap(list(a), list(b), n_resamples=BOOTSTRAP_RESAMPLES, seed=seed, confidence=CONFIDENCE)
+            per_metric[metric] = {**d, "n": len(pairs)}
+        out[name] = per_metric
+    return out
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+    """Run `fimtune eval` and write its report; raises EvalError on bad input or a failing engine."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    cfg.validate()
+    if cfg.run:
+        try:
+            read_run_meta(cfg.run)
+        except RunMetaError as e:
+            raise EvalError(f"--run: {e}") from None
+    out = Path(cfg.out).expanduser()
+    if out.is_dir():
+        out = out / "report.json"
+    try:
+        corpus = open_corpus(cfg.corpus)
+        available = corpus.examples(cfg.split)
+    except CorpusReadError as e:
+        raise EvalError(str(e)) from None
+    if not available:
+        raise EvalError(
+            f"corpus {corpus.folder} has no {cfg.split} examples; rebuild it with a --test-fraction above 0"
+        )
+    examples = pick(available, cfg.limit, cfg.seed)
+
+    models, spec, engine_info = build_models(cfg)
+    loaded = time.perf_counter()
+    max_tokens = cfg.max_tokens or spec.budgets.max_middle_tokens
+    try:
+        requests = [spec.request(ex, max_tokens) for ex in examples]  # one rendering, shared by every model
+    except FimFormatError as e:
+        raise EvalError(str(e)) from None
+
+    summaries: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    bar = tqdm(total=len(examples) * len(models), desc="eval", unit="ex", file=sys.stderr, disable=not progress)
+    try:
+        for model in models:
+            bar.set_description(f"eval {model.label}")
+            summaries[model.label], model_records, rows[model.label] = evaluate_model(model, examples, requests, bar)
+            records += model_records
+    finally:
+        bar.close()
+        for model in models:
+            model.engine.close()
+    finished = time.perf_counter()
+
+    completions = len(examples) * len(models)
+    report: dict[str, Any] = {
+        "fimtune_version": __version__,
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "fixed_text" or cfg.engine == "fixed"},
+        "corpus": {
+            "folder": str(corpus.folder),
+            "manifest_sha256": corpus.manifest_sha256,
+            "split": cfg.split,
+            "examples_in_split": len(available),
+            "examples_evaluated": len(examples),
+        },
+        "engine": engine_info,
+        "template": {
+            "name": spec.template.name,
+            "source": f"{cfg.run}/fimtune.json"
+            if spec.meta
+            else ("--template" if cfg.template != "auto" else "detected"),
+            "budgets": spec.budgets.to_dict(),
+            "exact_token_counts": spec.tokenizer is not None,
+        },
+        "max_tokens": max_tokens,
+        "models": summaries,
+        "timing": {
+            "seconds": round(finished - started, 3),
+            "load_seconds": round(loaded - started, 3),
+            "completions": completions,
+            "completions_per_s": round(completions / max(finished - loaded, 1e-9), 3),
+            "examples_per_s": round(len(examples) / max(finished - loaded, 1e-9), 3),
+        },
+    }
+    if "base" in rows and "tuned" in rows:
+        report["comparison"] = compare(rows["base"], rows["tuned"], cfg.seed)
+    result = EvalResult(report, records)
+    try:
+        result.paths = write_report(report, records, out)
+    except OSError as e:
+        raise EvalError(f"cannot write the report to {report_paths(out)[0]}: {e}") from None
+    return result

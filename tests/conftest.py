@@ -1,0 +1,80 @@
+"""Shared session fixtures: a private model cache, a small corpus from the fixture repos, a tiny trained adapter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FIXTURE_REPOS = Path(__file__).resolve().parent / "fixtures" / "repos"
+
+
+@pytest.fixture(scope="session")
+def fimtune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """FIMTUNE_CACHE for the session: the `tiny` preset is built once, never in the user's home."""
+    folder = tmp_path_factory.mktemp("fimtune-cache-session")
+    old = os.environ.get("FIMTUNE_CACHE")
+    os.environ["FIMTUNE_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("FIMTUNE_CACHE", None)
+    else:
+        os.environ["FIMTUNE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus of all four fixture repositories, split by file, so the test split mixes languages."""
+    from fimtune.config import CorpusConfig, SpanConfig
+    from fimtune.corpus.pipeline import build_corpus
+
+    out = tmp_path_factory.mktemp("tiny-corpus") / "corpus"
+    cfg = CorpusConfig(
+        repos=[str(FIXTURE_REPOS / name) for name in ("pyshop", "gotool", "rsutil", "webkit")],
+        out=str(out),
+        workers=1,
+        split="file",
+        test_fraction=0.3,
+        spans=SpanConfig(examples_per_kb=4.0),
+    )
+    manifest = build_corpus(cfg, progress=False)
+    assert manifest["counts"]["examples"]["test"] >= 8, manifest["counts"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(fimtune_cache: Path, tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `fimtune train` run folder: 3 steps of LoRA on `tiny` with a large learning rate, so the adapter
+    visibly moves the model's outputs."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from fimtune.train.config import TrainConfig
+    from fimtune.train.sft import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one intra-op thread is much faster than two fighting
+    try:
+        out = tmp_path_factory.mktemp("tiny-run") / "run"
+        train(
+            TrainConfig(
+                corpus=str(tiny_corpus),
+                base_model="tiny",
+                out=str(out),
+                seq_len=256,
+                batch_tokens=512,
+                max_middle_tokens=64,
+                max_steps=3,
+                lr=5e-2,
+                warmup_ratio=0.0,
+                lr_scheduler="constant",
+                logging_steps=1,
+                eval_examples=2,
+                eval_steps=3,
+                max_train_examples=16,
+            )
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return out
