@@ -1,0 +1,493 @@
+"""Completion requests: type-through, debounce, supersede and cancel, LRU cache, engine calls off the loop, telemetry.
+
+One request at a time per document: a newer request (or `$/cancelRequest`) sets the older one's cancel event,
+which the engine watches while it generates, so superseded work stops, not only its reply. The order of a
+request: type-through (the user typed the start of the suggestion on show: answer the rest, no model call),
+debounce (a request superseded while waiting costs nothing), then in a worker thread: cross-file context,
+render through the prompt spec (the run's fimtune.json), LRU cache by rendered prompt, the engine, the stop
+rules. Every failure ends in an empty answer and a logged reason; nothing here raises into the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fimtune.engines.base import EngineError, EngineRequest
+from fimtune.fim_format import FimFormatError, FimRequest
+from fimtune.languages import LANGUAGES, language_for_path
+from fimtune.postprocess import StopRules, postprocess
+from fimtune.records import Snippet
+from lsp_server.engine_host import EngineHost, Loaded
+from lsp_server.settings import Settings
+from lsp_server.workspace import WorkspaceIndex
+
+log = logging.getLogger("lsp_server.completer")
+
+CACHE_SIZE = 256
+# Timed stages (milliseconds, see `timings`): waiting for a worker thread, cross-file retrieval, rendering the
+# prompt, the engine, the stop rules, and the whole request from handler start to answer.
+STAGES = ("queue", "context", "render", "engine", "postprocess", "total")
+ENGINE_THREADS = 4
+_LF = re.compile(r"(?<!\r)\n")
+
+# LSP languageId -> fimtune language name, where they differ.
+_LANGUAGE_IDS = {"typescriptreact": "tsx", "javascriptreact": "javascript", "c++": "cpp", "golang": "go"}
+
+
+def fimtune_language(language_id: str, path: str) -> str:
+    """The fimtune language of a document (from its languageId, else its extension), or the languageId."""
+    name = _LANGUAGE_IDS.get(language_id, language_id)
+    if name in LANGUAGES:
+        return name
+    return language_for_path(path) or language_id
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A completion request, in string offsets: the document's text as of the request, and the cursor."""
+
+    uri: str
+    path: str  # absolute local path
+    language_id: str
+    text: str
+    index: int  # string offset of the cursor in text
+    crlf: bool = False
+
+    @property
+    def language(self) -> str:
+        return fimtune_language(self.language_id, self.path)
+
+
+@dataclass
+class Answer:
+    id: str
+    text: str  # to insert at the cursor, with the document's line endings
+    mode: str  # single | multi
+    source: str  # model | cache | type_through
+
+
+@dataclass
+class _Shown:
+    answer: Answer
+    prefix: str
+    suffix: str
+    language: str
+
+
+@dataclass
+class _Ticket:
+    """One request in flight for a document."""
+
+    uri: str
+    superseded: asyncio.Future[None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self) -> None:
+        self.cancel.set()
+        if not self.superseded.done():
+            self.superseded.set_result(None)
+
+    async def wait(self, aw: Awaitable[Any], timeout: float | None = None) -> bool:
+        """Await `aw` unless the request is superseded (or `timeout` passes) first: True when `aw` finished."""
+        task = asyncio.ensure_future(aw)
+        try:
+            done, _ = await asyncio.wait({task, self.superseded}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            if not task.done():
+                task.cancel()  # a worker thread's future only detaches; the engine stops through `cancel`
+        return task in done
+
+
+@dataclass
+class _Produced:
+    text: str
+    mode: str
+    source: str  # model | cache
+    cuts: tuple[str, ...] = ()
+
+
+class _Cache:
+    """Raw engine output by (engine generation, rendered prompt, token limit); thread-safe LRU."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(generation: int, prompt: str, max_tokens: int) -> bytes:
+        h = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16)
+        h.update(f"\x00{generation}\x00{max_tokens}".encode())
+        return h.digest()
+
+    def get(self, key: bytes) -> str | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: str) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
+class Telemetry:
+    """Shown/accepted events appended to a local JSONL file (`telemetry.path`); code text only when asked."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fimtune-telemetry")
+        self._failed: str | None = None
+
+    def write(self, settings: Settings, record: dict[str, Any]) -> None:
+        path = settings.telemetry.path
+        if not path:
+            return
+        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
+        self._pool.submit(self._append, path, json.dumps(record, ensure_ascii=False))
+
+    def _append(self, path: str, line: str) -> None:
+        try:
+            target = Path(path).expanduser()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            self._failed = None
+        except OSError as e:
+            if self._failed != path:
+                log.warning("telemetry: cannot append to %s (%s); set telemetry.path to a writable file", path, e)
+            self._failed = path
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Completer:
+    """Answers completion requests for the server; owns the engine worker threads."""
+
+    def __init__(self, host: EngineHost, index: WorkspaceIndex | None, settings: Settings | None = None) -> None:
+        self.host = host
+        self.index = index
+        self.settings = settings or Settings()
+        self.rules = StopRules()
+        self.telemetry = Telemetry()
+        self._pool = ThreadPoolExecutor(ENGINE_THREADS, thread_name_prefix="fimtune-engine")
+        self._cache = _Cache(CACHE_SIZE)
+        self._tickets: dict[str, _Ticket] = {}
+        self._shown: dict[str, _Shown] = {}
+        self._by_id: OrderedDict[str, _Shown] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "requests",
+                "answered",
+                "empty",
+                "model_calls",
+                "cache_hits",
+                "type_through",
+                "superseded",
+                "cancelled",
+                "timeouts",
+                "errors",
+                "not_ready",
+                "engine_running",
+                "accepted",
+            ),
+            0,
+        )
+        self._last_reason = ("", 0.0)
+        self._timings: dict[str, deque[float]] = {name: deque(maxlen=2048) for name in STAGES}
+
+    def _time(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self._timings[stage].append((now - since) * 1000.0)
+        return now
+
+    def timings(self, reset: bool = False) -> dict[str, dict[str, float]]:
+        """p50 / p95 / max milliseconds of each stage over the last requests that reached it (since the last
+        reset)."""
+        out: dict[str, dict[str, float]] = {}
+        for stage, values in self._timings.items():
+            ordered = sorted(values)
+            if ordered:
+                n = len(ordered)
+                out[stage] = {
+                    "n": n,
+                    "p50": ordered[round(0.5 * (n - 1))],
+                    "p95": ordered[round(0.95 * (n - 1))],
+                    "max": ordered[-1],
+                }
+            if reset:
+                values.clear()
+        return out
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
+    def _note(self, reason: str) -> None:
+        """Log why a request got no completion: at warning the first time (or after a minute), else debug."""
+        last, when = self._last_reason
+        now = time.monotonic()
+        if reason != last or now - when > 60:
+            log.warning("no completion: %s", reason)
+            self._last_reason = (reason, now)
+        else:
+            log.debug("no completion: %s", reason)
+
+    # ---- documents ---------------------------------------------------------------------------------------
+
+    def forget(self, uri: str) -> None:
+        """The document closed: stop its request and drop its shown suggestion."""
+        ticket = self._tickets.pop(uri, None)
+        if ticket is not None:
+            ticket.stop()
+        self._shown.pop(uri, None)
+
+    def clear_cache(self) -> None:
+        self._cache = _Cache(CACHE_SIZE)
+
+    # ---- requests ----------------------------------------------------------------------------------------
+
+    async def prompt(self, cursor: Cursor) -> dict[str, Any]:
+        """The rendered prompt for a cursor, computed off the loop; EngineError when no engine is ready."""
+        loaded = self.host.current()
+        if loaded is None:
+            raise EngineError(f"engine not ready ({self.host.reason})")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.render, loaded, cursor, self.settings)
+
+    async def complete(self, cursor: Cursor, debounce: bool = True) -> Answer | None:
+        """A suggestion for the cursor, or None. Raises CancelledError only when the client cancelled.
+        `debounce` False: the user asked explicitly, answer without waiting for more keystrokes."""
+        settings = self.settings
+        self._count("requests")
+        start = time.perf_counter()
+        previous = self._tickets.get(cursor.uri)
+        if previous is not None:
+            previous.stop()
+            self._count("superseded")
+        ticket = _Ticket(cursor.uri, asyncio.get_running_loop().create_future())
+        self._tickets[cursor.uri] = ticket
+        try:
+            answer = await self._complete(cursor, settings, ticket, debounce)
+        except asyncio.CancelledError:
+            ticket.stop()
+            self._count("cancelled")
+            raise
+        finally:
+            if self._tickets.get(cursor.uri) is ticket:
+                del self._tickets[cursor.uri]
+        self._time("total", start)
+        self._count("answered" if answer else "empty")
+        if answer is not None:
+            self._remember(cursor, answer)
+            self.telemetry.write(settings, self._event("shown", answer, cursor.language, start, settings))
+        return answer
+
+    async def _complete(self, cursor: Cursor, settings: Settings, ticket: _Ticket, debounce: bool) -> Answer | None:
+        prefix, suffix = cursor.text[: cursor.index], cursor.text[cursor.index :]
+        typed = self._type_through(cursor.uri, prefix, suffix)
+        if typed is not None:
+            self._count("type_through")
+            return typed
+        if (
+            debounce
+            and settings.debounce_ms > 0
+            and not await ticket.wait(asyncio.sleep(settings.debounce_ms / 1000.0))
+        ):
+            return None  # superseded while waiting
+        if ticket.cancel.is_set():
+            return None
+        loaded = self.host.current()
+        if loaded is None:
+            self._count("not_ready")
+            self._note(f"engine not ready ({self.host.reason})")
+            return None
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._pool, self._produce, loaded, cursor, settings, ticket.cancel, time.perf_counter()
+        )
+        if not await ticket.wait(future, timeout=settings.timeout_ms / 1000.0):
+            ticket.cancel.set()
+            if not ticket.superseded.done():
+                self._count("timeouts")
+                self._note(f"the {settings.engine} engine took longer than timeoutMs ({settings.timeout_ms} ms)")
+            return None
+        try:
+            produced = future.result()
+        except (EngineError, FimFormatError) as e:
+            self._count("errors")
+            self._note(str(e))
+            return None
+        except Exception as e:  # a bug in an engine or a stage: log it, keep serving
+            self._count("errors")
+            log.exception("completion failed for %s", cursor.uri)
+            self._note(f"{type(e).__name__}: {e}")
+            return None
+        if produced is None or not produced.text:
+            return None
+        text = _LF.sub("\r\n", produced.text) if cursor.crlf else produced.text
+        return Answer(f"s{next(self._ids)}", text, produced.mode, produced.source)
+
+    def _prepare(
+        self, loaded: Loaded, cursor: Cursor, settings: Settings, timed: bool = False
+    ) -> tuple[FimRequest, EngineRequest]:
+        """The request for a cursor: its byte offset, cross-file context, the prompt rendered as in training."""
+        t = time.perf_counter()
+        text = cursor.text
+        head = text[: cursor.index]
+        byte_offset = cursor.index if head.isascii() else len(head.encode("utf-8", "surrogatepass"))
+        repo, rel = self.index.locate(cursor.path) if self.index is not None else ("", cursor.path)
+        snippets: tuple[Snippet, ...] = ()
+        if settings.context.enabled and self.index is not None and loaded.spec.context.max_chars > 0:
+            snippets = self.index.retrieve(cursor.path, cursor.language, head, text[cursor.index :])
+        if timed:
+            t = self._time("context", t)
+        fim = FimRequest.at_cursor(repo, rel, cursor.language, text, byte_offset, snippets)
+        request = loaded.spec.request(fim, settings.max_tokens)
+        if timed:
+            self._time("render", t)
+        return fim, request
+
+    def render(self, loaded: Loaded, cursor: Cursor, settings: Settings) -> dict[str, Any]:
+        """What the model is shown for a cursor (the `fimtune/prompt` request)."""
+        fim, request = self._prepare(loaded, cursor, settings)
+        r = request.rendered
+        return {
+            "template": r.template,
+            "prompt": r.prompt,
+            "promptTokens": r.prompt_tokens,
+            "exactCounts": r.exact,
+            "maxTokens": request.max_tokens,
+            "stop": list(request.stop),
+            "repo": fim.repo,
+            "path": fim.path,
+            "language": fim.language,
+            "prefixChars": len(fim.prefix),
+            "suffixChars": len(fim.suffix),
+            "context": [{"path": s.path, "kind": s.kind, "chars": len(s.text)} for s in fim.context],
+            "contextKept": r.context_kept,
+        }
+
+    def _produce(
+        self, loaded: Loaded, cursor: Cursor, settings: Settings, cancel: threading.Event, submitted: float
+    ) -> _Produced | None:
+        """Context, prompt, cache, engine, stop rules (a worker thread). None when cancelled."""
+        self._time("queue", submitted)
+        language = cursor.language
+        fim, request = self._prepare(loaded, cursor, settings, timed=True)
+        key = _Cache.key(loaded.generation, request.rendered.prompt, request.max_tokens)
+        raw = self._cache.get(key)
+        source = "cache"
+        if raw is None:
+            if cancel.is_set():
+                return None
+            source = "model"
+            self._count("model_calls")
+            self._count("engine_running")
+            t = time.perf_counter()
+            try:
+                completion = loaded.engine.complete(request, cancel)
+            finally:
+                self._count("engine_running", -1)
+                self._time("engine", t)
+            if completion.stop_reason == "cancelled" or cancel.is_set():
+                return None
+            raw = completion.text
+            self._cache.put(key, raw)
+        else:
+            self._count("cache_hits")
+        t = time.perf_counter()
+        processed = postprocess(raw, fim.prefix, fim.suffix, language, self.rules)
+        self._time("postprocess", t)
+        return _Produced(processed.text, processed.mode, source, processed.cuts)
+
+    # ---- type-through and acceptance ---------------------------------------------------------------------
+
+    def _type_through(self, uri: str, prefix: str, suffix: str) -> Answer | None:
+        shown = self._shown.get(uri)
+        if shown is None or suffix != shown.suffix or len(prefix) <= len(shown.prefix):
+            return None
+        if not prefix.startswith(shown.prefix):
+            return None
+        typed = prefix[len(shown.prefix) :]
+        rest = shown.answer.text
+        if not rest.startswith(typed) or len(typed) >= len(rest):
+            return None
+        return Answer(shown.answer.id, rest[len(typed) :], shown.answer.mode, "type_through")
+
+    def _remember(self, cursor: Cursor, answer: Answer) -> None:
+        shown = _Shown(answer, cursor.text[: cursor.index], cursor.text[cursor.index :], cursor.language)
+        self._shown[cursor.uri] = shown
+        self._by_id[answer.id] = shown
+        self._by_id.move_to_end(answer.id)
+        while len(self._by_id) > 1024:
+            self._by_id.popitem(last=False)
+
+    def accepted(self, suggestion_id: str) -> bool:
+        """The client accepted a suggestion: count it and record it; False for an unknown id."""
+        shown = self._by_id.get(suggestion_id)
+        self._count("accepted")
+        for uri, current in list(self._shown.items()):
+            if current.answer.id == suggestion_id:
+                del self._shown[uri]  # typed in full: nothing left to type through
+        if shown is None:
+            log.debug("accepted an unknown suggestion %r", suggestion_id)
+            return False
+        record: dict[str, Any] = {
+            "event": "accepted",
+            "id": suggestion_id,
+            "language": shown.language,
+            "engine": self.settings.engine,
+            "model": self.settings.model_label(),
+        }
+        self.telemetry.write(self.settings, record)
+        return True
+
+    def _event(self, kind: str, answer: Answer, language: str, start: float, settings: Settings) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "event": kind,
+            "id": answer.id,
+            "language": language,
+            "engine": settings.engine,
+            "model": settings.model_label(),
+            "source": answer.source,
+            "mode": answer.mode,
+            "chars": len(answer.text),
+            "lines": answer.text.count("\n") + 1,
+            "latency_ms": round((time.perf_counter() - start) * 1000.0, 2),
+        }
+        if settings.telemetry.include_text:
+            record["text"] = answer.text
+        return record
+
+    # ---- lifetime ----------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self.stats)
+
+    def close(self) -> None:
+        for ticket in list(self._tickets.values()):
+            ticket.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.telemetry.close()

@@ -1,0 +1,142 @@
+"""The server's plain modules: positions and edits (UTF-16/UTF-8/UTF-32, CRLF), settings parsing and fallback."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lsp_server.completer import fimtune_language
+from lsp_server.documents import Document, PositionError, line_starts
+from lsp_server.settings import Settings, parse_settings, settings_section
+
+TEXT = "a = '😀中'\r\nb = 2\rc = 3\nd\u2028e = 4\x0c\n"
+
+
+def test_positions_in_each_encoding() -> None:
+    # Line breaks are \r\n, \r and \n only: U+2028 and form feed stay inside their lines (unlike splitlines).
+    utf16 = Document("file:///t.py", TEXT, encoding="utf-16")
+    assert utf16.line_count == 5
+    emoji_end = TEXT.index("中")
+    assert utf16.offset(0, 7) == emoji_end  # a = '  is 5 units, the emoji 2 more
+    assert Document("file:///t.py", TEXT, encoding="utf-8").offset(0, 9) == emoji_end  # the emoji is 4 bytes
+    assert Document("file:///t.py", TEXT, encoding="utf-32").offset(0, 6) == emoji_end
+    assert utf16.offset(1, 0) == TEXT.index("b = 2")
+    assert utf16.offset(2, 0) == TEXT.index("c = 3")
+    assert utf16.offset(3, 2) == TEXT.index("e = 4")  # U+2028 is one unit of line 3
+    assert utf16.position(TEXT.index("中")) == (0, 7)
+    # Past the end of a line: the end of that line (before its \r\n); past the last line: an error.
+    assert utf16.offset(0, 99) == TEXT.index("\r\n")
+    assert utf16.offset(4, 0) == len(TEXT)
+    with pytest.raises(PositionError, match="outside the document"):
+        utf16.offset(5, 0)
+    with pytest.raises(PositionError):
+        utf16.offset(-1, 0)
+    # A column inside the emoji's surrogate pair moves to the end of the character.
+    assert utf16.offset(0, 6) == emoji_end
+    assert utf16.byte_offset(emoji_end) == len(TEXT[:emoji_end].encode("utf-8"))
+
+
+def test_crlf_detection() -> None:
+    assert Document("file:///a", "x\r\ny\r\n").crlf
+    assert not Document("file:///a", "x\ny\r\n").crlf
+    assert not Document("file:///a", "no breaks").crlf
+
+
+def _reference_offset(text: str, line: int, units: int) -> int:
+    starts = [0, *(int(s) for s in line_starts(text))]
+    start = starts[line]
+    end = starts[line + 1] if line + 1 < len(starts) else len(text)
+    body = text[start:end].removesuffix("\n").removesuffix("\r")
+    count = 0
+    for i, ch in enumerate(body):
+        if count >= units:
+            return start + i
+        count += 2 if ord(ch) > 0xFFFF else 1
+    return start + len(body)
+
+
+def test_random_edits_keep_line_starts_exact() -> None:
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "\n", "\r", "\r\n", "é", "😀", "中"]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        doc = Document("file:///r.py", text, encoding="utf-16")
+        for _ in range(6):
+            lines = doc.line_count
+            start = (rng.randrange(lines), rng.randint(0, 6))
+            end = (rng.randrange(start[0], lines), rng.randint(0, 6))
+            if end[0] == start[0] and end[1] < start[1]:
+                start, end = end, start
+            a = _reference_offset(doc.text, *start)
+            b = _reference_offset(doc.text, *end)
+            new = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 5)))
+            expected = doc.text[:a] + new + doc.text[b:]
+            doc.apply(new, start, end)
+            assert doc.text == expected
+            full = np.concatenate([np.zeros(1, dtype=np.int64), line_starts(doc.text)])
+            assert doc._starts.tolist() == full.tolist()
+        doc.apply("whole\r\nnew")
+        assert doc.text == "whole\r\nnew" and doc.line_count == 2
+
+
+def test_settings_parse_camel_case_and_keep_what_is_not_given() -> None:
+    base = Settings(engine="fixed", run="/runs/a", given=frozenset({"engine", "run"}))
+    s, warnings = parse_settings(
+        {"maxTokens": 32, "context": {"maxChars": 100}, "telemetry": {"includeText": True}, "logLevel": "debug"},
+        base,
+    )
+    assert warnings == []
+    assert (s.engine, s.run, s.max_tokens, s.context.max_chars, s.context.enabled) == (
+        "fixed",
+        "/runs/a",
+        32,
+        100,
+        True,
+    )
+    assert s.telemetry.include_text and s.log_level == "debug"
+    assert {"maxTokens", "context.maxChars", "engine"} <= s.given
+
+
+def test_bad_settings_fall_back_with_a_warning_naming_them() -> None:
+    s, warnings = parse_settings(
+        {
+            "engine": "gpt",
+            "maxTokens": True,
+            "debounceMs": -1,
+            "device": "tpu",
+            "context": "on",
+            "languages": {"python": "yes"},
+            "fixed": {"delayMs": "slow", "colour": 1},
+            "unknownKey": 1,
+        }
+    )
+    assert s == Settings(given=s.given) and s.given == frozenset()
+    joined = "\n".join(warnings)
+    for name in ("'engine'", "'maxTokens'", "'debounceMs'", "'device'", "'context'", "'languages'"):
+        assert name in joined
+    assert "'fixed.delayMs'" in joined and "'fixed.colour'" in joined and "'unknownKey'" in joined
+    assert parse_settings("not an object")[1]
+
+
+def test_run_folder_decides_the_base_model_unless_named() -> None:
+    s, _ = parse_settings({"run": "/runs/x"})
+    assert s.engine_settings().base_model == ""  # from the run's fimtune.json
+    s, _ = parse_settings({"run": "/runs/x", "baseModel": "/models/base"})
+    assert s.engine_settings().base_model == "/models/base"
+    s, _ = parse_settings({"fixed": {"delayMs": 250, "text": "t"}})
+    es = s.engine_settings()
+    assert (es.fixed_delay_s, es.fixed_text, es.timeout_s) == (0.25, "t", 5.0)
+
+
+def test_languages_and_sections() -> None:
+    s, _ = parse_settings({"languages": {"python": False}})
+    assert not s.language_enabled("python") and s.language_enabled("go")
+    s, _ = parse_settings({"languages": {"*": False, "go": True}})
+    assert s.language_enabled("go") and not s.language_enabled("rust")
+    assert settings_section({"fimtune": {"a": 1}, "other": 2}) == {"a": 1}
+    assert settings_section({"maxTokens": 3}) == {"maxTokens": 3}
+    assert fimtune_language("typescriptreact", "/x/a.tsx") == "tsx"
+    assert fimtune_language("plaintext", "/x/a.rs") == "rust"
+    assert fimtune_language("ruby", "/x/a.rb") == "ruby"
