@@ -45,13 +45,15 @@ _MESSAGE_TYPES = {
 
 
 class FimtuneProtocol(LanguageServerProtocol):
-    """pygls' protocol, with two changes: open documents live in `Documents` (exact text, fast edits of large
-    files) instead of pygls' workspace, and a request whose params do not parse gets an InvalidParams error
-    response instead of no response at all."""
+    """pygls' protocol, with three changes: `params` may be left out (as JSON-RPC allows); open documents live in
+    `Documents` (exact text, fast edits of large files) instead of pygls' workspace; and a request whose params do
+    not parse gets an InvalidParams error response instead of no response at all."""
 
     _server: FimtuneServer
 
     def structure_message(self, data: dict[str, Any]) -> Any:
+        if isinstance(data, dict) and "method" in data and "params" not in data:
+            data = {**data, "params": None}  # JSON-RPC lets a request without parameters leave `params` out
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:

@@ -51,7 +51,10 @@ class Session:
 
     async def request(self, method: str, params: Any) -> Any:
         self.next_id += 1
-        self.writer.write(frame({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}))
+        message = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:  # JSON-RPC lets a request without parameters leave `params` out, as Neovim does
+            message["params"] = params
+        self.writer.write(frame(message))
         while True:
             message = await asyncio.wait_for(read_frame(self.reader), 30)
             if message.get("id") == self.next_id and "method" not in message:
