@@ -112,12 +112,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     add_serve_parser(sub)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from fimtune.pretrain.cli import add_pretrain_parser
+
+    add_pretrain_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_build_corpus,
     _add_train,
     _add_eval,
     _add_render,
     _add_serve,
+    _add_pretrain,
 ]
 
 

@@ -122,14 +122,47 @@ def ensure_tiny_model() -> Path:
     return final
 
 
+PICO = "pico"
+PICO_ENV = "FIMTUNE_PICO"
+
+
+def packaged_pico_dir() -> Path:
+    """Where an install ships the built-in `pico` model (package data): fimtune/models/pico/."""
+    return Path(__file__).resolve().parent.parent / "models" / PICO
+
+
+def resolve_pico() -> Path:
+    """The built-in `pico` model: the folder named by $FIMTUNE_PICO, else the one shipped in the package."""
+    env = os.environ.get(PICO_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{PICO_ENV}={env} is not a model folder (no config.json there); point it at the model/ folder "
+                "that `fimtune pretrain --preset pico --out RUN` wrote (RUN/model), or unset it"
+            )
+        return path
+    packaged = packaged_pico_dir()
+    if (packaged / "config.json").is_file():
+        return packaged
+    raise ModelError(
+        f"the built-in `pico` model is not installed ({packaged} holds no model). Train it on a GPU with "
+        "`fimtune pretrain --preset pico --out runs/pico` (about 20 minutes on one H100/H200; --max-minutes and "
+        f"--resume split it into calls), then copy runs/pico/model/ to {packaged} or set {PICO_ENV}=runs/pico/model; "
+        "or use --base-model tiny (random weights) or a model folder"
+    )
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve_base_model(name: str) -> Path:
-    """A base model name -> a local folder: `tiny` (built and cached), a folder, or a Hugging Face Hub id
-    (downloaded to, or found in, the Hugging Face cache)."""
+    """A base model name -> a local folder: `tiny` (built and cached), `pico` (fimtune's pretrained model, see
+    resolve_pico), a folder, or a Hugging Face Hub id (downloaded to, or found in, the Hugging Face cache)."""
     if name == TINY:
         return ensure_tiny_model()
+    if name == PICO:
+        return resolve_pico()
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

@@ -1,0 +1,84 @@
+"""PretrainConfig: every setting of `fimtune pretrain`; 0 or empty means "the preset's default"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from fimtune.config import ConfigError
+from fimtune.pretrain.fim import FimSettings, FimSettingsError
+from fimtune.pretrain.presets import PresetError, get_preset
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `fimtune pretrain` does; the effective values are written to <out>/pretrain_config.json."""
+
+    preset: str = "micro"
+    out: str = ""
+    sources: list[str] = field(default_factory=list)  # site-packages folders (default: this Python's)
+    node_modules: list[str] = field(default_factory=list)  # node_modules folders for JS/TS
+    holdout: list[str] = field(default_factory=list)  # package names held out for evaluation
+    holdout_count: int = 3  # without `holdout`: how many mid-sized packages a seeded choice holds out
+    max_data_mb: float = -1.0  # training source text cap in MB (-1: preset default, 0: all)
+    tokenizer_mb: float = 0.0  # text the tokenizer is trained on, in MB (0: preset default)
+    vocab_size: int = 0
+    seq_len: int = 0
+    batch_tokens: int = 0
+    grad_accum: int = 0
+    lr: float = 0.0
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.1
+    max_steps: int = 0
+    eval_steps: int = 0
+    eval_rows: int = 0
+    logging_steps: int = 10
+    max_minutes: float = 0.0  # stop this call after N minutes (a checkpoint is saved: continue with --resume)
+    # Size the schedule to N minutes of training (over all calls): max_steps from a timed probe of a few steps.
+    train_minutes: float = 0.0
+    fim: FimSettings = field(default_factory=FimSettings)
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    resume: bool = False
+
+    def effective(self) -> PretrainConfig:
+        """A copy with every preset default filled in; validates."""
+        try:
+            p = get_preset(self.preset)
+        except PresetError as e:
+            raise ConfigError(str(e)) from None
+        if not self.out:
+            raise ConfigError("out: give the run folder with --out")
+        cfg = replace(
+            self,
+            max_data_mb=p.max_data_mb if self.max_data_mb < 0 else self.max_data_mb,
+            tokenizer_mb=self.tokenizer_mb or p.tokenizer_mb,
+            vocab_size=self.vocab_size or p.vocab_size,
+            seq_len=self.seq_len or p.seq_len,
+            batch_tokens=self.batch_tokens or p.batch_tokens,
+            grad_accum=self.grad_accum or p.grad_accum,
+            lr=self.lr or p.lr,
+            max_steps=self.max_steps or p.max_steps,
+            eval_steps=self.eval_steps or p.eval_steps,
+            eval_rows=self.eval_rows or p.eval_rows,
+        )
+        try:
+            cfg.fim.validate()
+        except FimSettingsError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.seq_len < 16:
+            raise ConfigError(f"seq_len: at least 16, not {cfg.seq_len}")
+        if cfg.batch_tokens < cfg.seq_len:
+            raise ConfigError(f"batch_tokens: at least seq_len ({cfg.seq_len}), not {cfg.batch_tokens}")
+        if cfg.max_steps < 1 or cfg.eval_steps < 1 or cfg.logging_steps < 1 or cfg.grad_accum < 1:
+            raise ConfigError("max_steps, eval_steps, logging_steps and grad_accum: at least 1")
+        if self.train_minutes and self.max_steps:
+            raise ConfigError("max_steps and train_minutes: give one of them (train_minutes sizes max_steps)")
+        if cfg.lr <= 0 or cfg.train_minutes < 0 or cfg.max_minutes < 0 or cfg.holdout_count < 0 or cfg.threads < 0:
+            raise ConfigError("lr: more than 0; train_minutes, max_minutes, holdout_count and threads: 0 or more")
+        if not cfg.holdout and cfg.holdout_count == 0:
+            raise ConfigError("hold out at least one package (--holdout NAME or --holdout-count N): held-out loss")
+        return cfg
+
+    @property
+    def rows_per_batch(self) -> int:
+        return max(1, self.batch_tokens // self.seq_len)
