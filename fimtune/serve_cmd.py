@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcp", type=_tcp_address, metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
     p.add_argument("--engine", choices=list(ENGINES), help="local (default), openai, llamacpp, ollama or fixed")
     p.add_argument("--run", help="a `fimtune train` run folder (its fimtune.json decides template and budgets)")
-    p.add_argument("--base-model", help="local engine without a run: a model folder, hub id or `tiny`")
+    p.add_argument(
+        "--base-model", help="local engine without a run: a folder, hub id, `pico` (default when installed) or `tiny`"
+    )
     p.add_argument("--endpoint", help="HTTP engines: base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", help="HTTP engines: model (or LoRA adapter) name")
     p.add_argument("--template", help="FIM template of the served model (HTTP engines without --run)")

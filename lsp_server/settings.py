@@ -9,6 +9,7 @@ from typing import Any
 
 from fimtune.engines.base import ENGINES, EngineSettings
 from fimtune.fim_format import TEMPLATES
+from fimtune.train.model import default_base_model
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -44,7 +45,7 @@ class Settings:
     model: str = ""
     api_key: str = ""
     run: str = ""
-    base_model: str = "tiny"
+    base_model: str = field(default_factory=default_base_model)  # `pico` when installed, else `tiny`
     template: str = "auto"
     device: str = "auto"
     max_tokens: int = 64

@@ -459,6 +459,17 @@ def test_base_model_pico(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_base_model("pico") == run / "model"
 
 
+def test_pico_is_the_default_base_when_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fimtune.train.model import default_base_model, packaged_pico_dir
+    from lsp_server.settings import Settings
+
+    monkeypatch.setenv("FIMTUNE_PICO", str(run / "model"))
+    assert default_base_model() == "pico" and Settings().base_model == "pico"
+    if not (packaged_pico_dir() / "config.json").exists():
+        monkeypatch.delenv("FIMTUNE_PICO")
+        assert default_base_model() == "tiny" and Settings().base_model == "tiny"
+
+
 def test_train_minutes_sizes_the_schedule(site: Path, tmp_path: Path) -> None:
     pytest.importorskip("trl")
     from fimtune.pretrain.config import PretrainConfig

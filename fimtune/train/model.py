@@ -153,6 +153,15 @@ def resolve_pico() -> Path:
     )
 
 
+def default_base_model() -> str:
+    """The base used when none is named: `pico` when it is installed (a real, if small, code model), else `tiny`."""
+    try:
+        resolve_pico()
+    except ModelError:
+        return TINY
+    return PICO
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
