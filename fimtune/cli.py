@@ -19,6 +19,11 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+def say(message: str) -> None:
+    """A command's own output (not library logging): to stderr, so stdout stays free for pipes."""
+    print(message, file=sys.stderr)
+
+
 def _recipe_relative(value: str | None, recipe: str | None) -> str | None:
     """Paths inside a recipe are relative to the recipe's folder; flags are relative to the working folder."""
     if value is None or recipe is None or Path(value).expanduser().is_absolute():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from fimtune.cli import say as _say
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,11 +39,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fixed-text", default=None, help=argparse.SUPPRESS)  # engine `fixed`: tests and wiring checks
     p.set_defaults(func=cmd_eval)
-
-
-def _say(message: str) -> None:
-    """The command's own output (not library logging): to stderr, stdout stays free for pipes."""
-    print(message, file=sys.stderr)  # noqa: T201
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

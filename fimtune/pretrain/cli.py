@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from fimtune.cli import say as _say
 
 
 def _names(value: str) -> list[str]:
@@ -48,11 +49,6 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for data choice, FIM cuts, order and weights (default 0)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
     p.set_defaults(func=cmd_pretrain)
-
-
-def _say(message: str) -> None:
-    """The command's own output (not library logging): to stderr, stdout stays free for pipes."""
-    print(message, file=sys.stderr)  # noqa: T201
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from fimtune.cli import say as _say
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,11 +46,6 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", default=None, help="continue from the run's last checkpoint")
     p.add_argument("--merge", action="store_true", default=None, help="also write the merged model to RUN/merged")
     p.set_defaults(func=cmd_train)
-
-
-def _say(message: str) -> None:
-    """The command's own output (not library logging): to stderr, stdout stays free for pipes."""
-    print(message, file=sys.stderr)  # noqa: T201
 
 
 def cmd_train(args: argparse.Namespace) -> int:
