@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.asyncio(loop_scope="function")
-
 SETTINGS = {"engine": "fixed", "debounceMs": 0, "fixed": {"text": "return a + b\n"}}
 # A client that renders inline completions itself (VS Code 1.9x, Neovim 0.12) and offers UTF-16 only.
 CAPABILITIES = {
@@ -89,6 +87,7 @@ class Session:
         self.notify("exit", None)
 
 
+@pytest.mark.asyncio(loop_scope="function")
 async def test_stdio_carries_only_protocol_frames(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -117,6 +116,7 @@ async def test_stdio_carries_only_protocol_frames(tmp_path: Path) -> None:
     assert any(n.get("method") == "window/logMessage" for n in session.notifications)
 
 
+@pytest.mark.asyncio(loop_scope="function")
 async def test_tcp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -127,8 +127,8 @@ def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed
         bf16=on_gpu,
         use_cpu=not on_gpu,  # also makes torchrun/accelerate processes on CPU join one gloo group
         fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         max_length=cfg.seq_len,
         packing=packed,
         packing_strategy="bfd",
