@@ -339,12 +339,15 @@ def _windows(text: str, cfg: ContextConfig) -> tuple[Window, ...]:
     return tuple(out)
 
 
-def index_file(source: SourceFile, cfg: ContextConfig) -> FileIndex:
-    """Definitions, import specifiers and retrieval windows of one file (pure; runs in worker processes)."""
+def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = None) -> FileIndex:
+    """Definitions, import specifiers and retrieval windows of one file (pure; runs in worker processes).
+
+    tree: the file's syntax tree when the caller already parsed it (the corpus build shares one parse).
+    """
     definitions: tuple[Definition, ...] = ()
     imports: tuple[str, ...] = ()
     if source.language in LANGUAGES:
-        root = parse(source.language, source.data).root_node
+        root = (tree if tree is not None else parse(source.language, source.data)).root_node
         definitions = _definitions(source, root, cfg)
         imports = _imports(source.language, root)
     return FileIndex(source.path, source.language, definitions, imports, _windows(source.text, cfg))

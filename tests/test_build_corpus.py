@@ -222,3 +222,27 @@ def test_unparsable_file_still_yields_line_examples(tmp_path: Path) -> None:
 def test_pipeline_errors_name_the_path() -> None:
     with pytest.raises(CorpusError, match="nope"):
         pipeline.resolve_repos(["/definitely/nope"])
+
+
+def test_shard_rows_are_cut_from_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fimtune.records import Snippet, Span
+
+    text = "def f():\n    return 'é'\n\nx = f()\n"
+    data = text.encode()
+    spans = [Span(0, 0, "empty"), Span(4, 7, "line_rest"), Span(13, data.index(b"\n", 13), "line")]
+    contexts = [(), (Snippet("b.py", "y = 1\n", "similar"),), (Snippet("c.py", "z", "definition"),) * 2]
+    files = [
+        write.FileExamples("r", "a.py", "python", "sha-a", data, spans, contexts),
+        write.FileExamples("r", "b.py", "python", "sha-b", b"y = 1\n", [Span(0, 1, "line")]),
+    ]
+    monkeypatch.setattr(write, "ROW_GROUP_TEXT_BYTES", len(data) * 2)  # at most two rows of a.py per row group
+    write.write_shard(tmp_path, "s.parquet", files)
+    shard = pq.ParquetFile(tmp_path / "s.parquet")
+    assert [shard.metadata.row_group(i).num_rows for i in range(shard.metadata.num_row_groups)] == [2, 2]
+    got = shard.read().to_pylist()
+    assert [r["prefix"] + r["middle"] + r["suffix"] for r in got] == [text] * 3 + ["y = 1\n"]
+    assert [r["middle"] for r in got] == ["", "f()", "return 'é'", "y"]
+    assert [len(r["context"]) for r in got] == [0, 1, 2, 0]
+    assert got[1]["context"] == [{"path": "b.py", "text": "y = 1\n", "kind": "similar"}]
+    assert [r["file_sha"] for r in got] == ["sha-a"] * 3 + ["sha-b"]
+    assert shard.schema_arrow == write.SCHEMA

@@ -64,3 +64,29 @@ def test_file_split_is_stable_and_near_the_fraction() -> None:
     share = sides.count("test") / len(sides)
     assert 0.15 < share < 0.25
     assert sides != [file_split("repo", f"src/f{i}.py", 0.2, 1) for i in range(2000)]
+
+
+def test_token_hashes_tell_long_tokens_apart_and_ignore_position() -> None:
+    from fimtune.corpus.dedup import token_hashes
+
+    a, b = "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING", "MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING"
+    ha, hb = token_hashes(f"{a} {b}".encode()), token_hashes(f"x = {b}({a})".encode())
+    assert len(ha) == 2 and len(hb) == 3
+    assert ha[0] != ha[1]  # same length, same first and last 8 bytes
+    assert (ha[0], ha[1]) == (hb[2], hb[1])  # a token hashes the same wherever it sits
+    assert len(token_hashes(b"")) == 0 and len(token_hashes(b" ()\n")) == 0
+
+
+def test_short_files_get_full_signatures_and_still_match() -> None:
+    cfg = DedupConfig(threshold=0.8)
+    short = "def add(a, b):\n    return a + b\n"  # fewer shingles than bins: most bins are filled by densification
+    sig = minhash_signature(short, cfg)
+    assert sig.shape == (cfg.num_perm,) and int(sig.max()) < 2**32
+    assert (sig == minhash_signature(short.encode(), cfg)).all()
+    other = "class Point:\n    x: int\n    y: int\n"
+    result = deduplicate([_item("r", "a.py", short, cfg), _item("r", "b.py", other, cfg)], cfg)
+    assert result.duplicate_of == {}
+    head = "\n".join(BASE.splitlines()[:10])  # about 40 distinct shingles, fewer than the 128 bins
+    near = head.replace("function_3(", "function_three(")
+    result = deduplicate([_item("r", "a.py", head, cfg), _item("r", "b.py", near, cfg)], cfg)
+    assert result.duplicate_of == {("r", "b.py"): ("duplicate_near", ("r", "a.py"))}

@@ -108,3 +108,29 @@ def test_bad_marker_names_the_setting() -> None:
         check(PYTHON, FilterConfig(generated_markers=["ok", "(unclosed"]))
     with pytest.raises(ConfigError, match="scoped flags"):
         check(PYTHON, FilterConfig(generated_markers=["a", "(?i)b"]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a",
+        "a\n",
+        "\n\n",
+        "a\r\nb\rc\nd",
+        "x\x0by\x0cz\x1c\x1d\x1e",
+        "caf\u00e9\u2028next\u2029end\x85tail\n",
+        "\r\n" * 3 + "last",
+        ("line\n" * 5000) + "no newline at the end",
+    ],
+)
+def test_line_statistics_match_splitlines(text: str) -> None:
+    from fimtune.corpus.filters import Doc
+
+    doc = Doc("x.py", text.encode())
+    doc.text = text
+    lines = text.splitlines()
+    assert doc.line_count == len(lines)
+    assert doc.longest_line_bytes >= max(map(len, lines), default=0)
+    for n in (1, 3, 20, 6000):
+        assert doc.head_lines(n) == lines[:n]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -13,50 +11,102 @@ from datasketch import MinHash, MinHashLSH
 
 from fimtune.config import DedupConfig
 
-_TOKEN = re.compile(r"\w+")
 # Fixed seed: signatures must be comparable across processes and builds.
 _MINHASH_SEED = 1
-# The signature is a MinHash over multiply-shift permutations, (a * h + b) >> 32 with 64-bit wrap-around,
-# computed for all shingles of a file at once with numpy; datasketch's MinHashLSH then bands it.
+# The signature is a one-permutation MinHash (Li, Owen & Zhang 2012) with optimal densification (Shrivastava
+# 2017): each shingle is hashed once to 64 bits, its top bits pick one of num_perm bins, and each bin keeps the
+# smallest hash that fell in it (low 32 bits stored); an empty bin copies the first non-empty bin along a fixed
+# pseudo-random probe sequence of its own. Two files agree on a bin with probability their shingle sets'
+# Jaccard similarity, as with num_perm independent permutations, for the cost of one hash per shingle.
+# The values are 32-bit, so datasketch's MinHash holds them under its "affine32" label (only compared with
+# each other; datasketch never rehashes them).
 _SCHEME = "affine32"
-_MAX_HASH = np.uint64((1 << 32) - 1)
-_MULTIPLIER = 1_000_003
-_CHUNK = 4096  # shingles per block, bounding the (shingles x permutations) matrix
+_LOW32 = np.uint64(0xFFFFFFFF)
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_MULTIPLIER = np.uint64(1_000_003)
+_LENGTH_FACTOR = np.uint64(0x9E3779B97F4A7C15)
+# Token bytes: ASCII letters, digits and "_", and every byte of a non-ASCII character (as \w, roughly).
+_WORD = np.zeros(256, dtype=bool)
+_WORD[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", dtype=np.uint8)] = True
+_WORD[0x80:] = True
+# _KEEP[r]: the low r bytes of a little-endian 64-bit word.
+_KEEP = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
+_CHUNK_FACTORS = 32  # a token's 8-byte chunk c is multiplied by factor c mod 32
 
 
 @cache
-def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded permutations (a, b), made once per process."""
+def _tables(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded random tables, made once per process: odd factors per token chunk, each bin's probe order."""
     gen = np.random.default_rng(_MINHASH_SEED)
-    a = gen.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
-    b = gen.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
-    return a, b
+    factors = gen.integers(0, 2**64, size=_CHUNK_FACTORS, dtype=np.uint64, endpoint=False) | np.uint64(1)
+    probes = np.argsort(gen.random((num_perm, num_perm)), axis=1)
+    return factors, probes
 
 
-def shingle_hashes(text: str, k: int) -> np.ndarray:
-    """32-bit hashes of the file's k-token shingles, unique and sorted (computed with numpy, not per shingle)."""
-    tokens = _TOKEN.findall(text)
-    if not tokens:
+def token_hashes(data: bytes) -> np.ndarray:
+    """64-bit hashes of the file's word tokens (runs of letters, digits, "_" and non-ASCII bytes), in order.
+
+    A token's hash is the sum of its 8-byte little-endian chunks times seeded odd factors, plus its length
+    times a constant: computed for the whole file at once with numpy, one step per 8 bytes of token.
+    """
+    factors, _ = _tables(1)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    is_word = _WORD[raw]
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1  # token starts and ends, alternating
+    if len(raw) and is_word[0]:
+        edges = np.concatenate(([0], edges))
+    if len(raw) and is_word[-1]:
+        edges = np.append(edges, len(raw))
+    if not len(edges):
+        return np.zeros(0, dtype=np.uint64)
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = ends - starts
+    n_chunks = (lengths + 7) >> 3
+    first = np.zeros(len(n_chunks), dtype=np.intp)  # each token's first chunk
+    np.cumsum(n_chunks[:-1], out=first[1:])
+    chunk = np.arange(int(first[-1] + n_chunks[-1]), dtype=np.intp) - np.repeat(first, n_chunks)
+    at = np.repeat(starts, n_chunks) + (chunk << 3)
+    size = np.minimum(np.repeat(ends, n_chunks) - at, 8)
+    padded = data + bytes(8)  # 8-byte loads at every offset, the last one included
+    words = np.ndarray(shape=(len(data),), dtype="<u8", buffer=padded, strides=(1,))
+    cells = (words[at] & _KEEP[size]) * factors[chunk & (_CHUNK_FACTORS - 1)]
+    return np.add.reduceat(cells, first) + lengths.astype(np.uint64) * _LENGTH_FACTOR  # uint64 wraps by design
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: every output bit depends on every input bit (bins and values independent)."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def shingle_hashes(text: str | bytes, k: int) -> np.ndarray:
+    """64-bit hashes of the file's k-token shingles, in order (a single 0 when the file has no token)."""
+    ids = token_hashes(text.encode("utf-8") if isinstance(text, str) else text)
+    if not len(ids):
         return np.zeros(1, dtype=np.uint64)
-    table = {t: zlib.crc32(t.encode("utf-8")) for t in set(tokens)}
-    ids = np.fromiter((table[t] for t in tokens), dtype=np.uint64, count=len(tokens))
     k = max(1, min(k, len(ids)))
     n = len(ids) - k + 1
-    acc = np.zeros(n, dtype=np.uint64)
-    for j in range(k):  # a polynomial hash of the k token hashes; uint64 arithmetic wraps by design
-        acc = acc * np.uint64(_MULTIPLIER) + ids[j : j + n]
-    return np.unique((acc ^ (acc >> np.uint64(32))) & _MAX_HASH)
+    acc = ids[:n].copy()
+    for j in range(1, k):  # a polynomial hash of the k token hashes; uint64 arithmetic wraps by design
+        acc *= _MULTIPLIER
+        acc += ids[j : j + n]
+    return _mix(acc)
 
 
-def minhash_signature(text: str, cfg: DedupConfig) -> np.ndarray:
-    """MinHash hash values of the file's token shingles (computed in worker processes)."""
-    a, b = _permutations(cfg.num_perm)
+def minhash_signature(text: str | bytes, cfg: DedupConfig) -> np.ndarray:
+    """One-permutation MinHash of the file's token shingles, densified: num_perm 32-bit values (as uint64)."""
+    k = cfg.num_perm
+    _, probes = _tables(k)
     hv = shingle_hashes(text, cfg.shingle_tokens)
-    sig = np.full(cfg.num_perm, _MAX_HASH, dtype=np.uint64)
-    for i in range(0, len(hv), _CHUNK):
-        block = hv[i : i + _CHUNK, None]
-        sig = np.minimum(sig, ((block * a + b) >> np.uint64(32)).min(axis=0))
-    return sig
+    bins = (((hv >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.intp)  # top bits -> [0, k)
+    sig = np.full(k, _ALL_ONES, dtype=np.uint64)
+    np.minimum.at(sig, bins, hv)
+    filled = sig != _ALL_ONES
+    if not filled.all():  # each empty bin takes the first filled bin of its probe sequence
+        source = probes[np.arange(k), np.argmax(filled[probes], axis=1)]
+        sig = np.where(filled, sig, sig[source])
+    return sig & _LOW32
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +138,9 @@ def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
     groups: dict[tuple[str, str], tuple[str, str]] = {}
     seen_sha: dict[str, tuple[str, str]] = {}
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm) if cfg.near else None
-    signatures: dict[str, MinHash] = {}
+    # datasketch wants permutation parameters with each MinHash; ours are never used (values come made).
+    permutations = np.array([np.ones(cfg.num_perm), np.zeros(cfg.num_perm)], dtype=np.uint64)
+    signatures: dict[str, np.ndarray] = {}
     names: dict[str, tuple[str, str]] = {}
 
     for item in sorted(items, key=lambda it: it.key):
@@ -98,8 +150,9 @@ def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
         seen_sha.setdefault(item.sha, item.key)
         if lsh is None or item.signature is None:
             continue
-        mh = MinHash(num_perm=cfg.num_perm, seed=_MINHASH_SEED, hashvalues=item.signature, scheme=_SCHEME)
-        candidates = sorted(names[c] for c in lsh.query(mh) if signatures[c].jaccard(mh) >= cfg.threshold)
+        sig = item.signature
+        mh = MinHash(seed=_MINHASH_SEED, hashvalues=sig, permutations=permutations, scheme=_SCHEME)
+        candidates = sorted(names[c] for c in lsh.query(mh) if _jaccard(signatures[c], sig) >= cfg.threshold)
         name = f"{len(names)}"
         if candidates:
             rep = candidates[0]
@@ -108,7 +161,12 @@ def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
                 duplicate_of[item.key] = ("duplicate_near", rep)
                 continue
             groups[item.key] = rep
-        lsh.insert(name, mh)
-        signatures[name] = mh
+        lsh.insert(name, mh, check_duplication=False)
+        signatures[name] = sig
         names[name] = item.key
     return DedupResult(duplicate_of=duplicate_of, groups=groups)
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard similarity two signatures estimate: the share of bins where they agree."""
+    return float(np.count_nonzero(a == b)) / len(a)

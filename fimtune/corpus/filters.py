@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from functools import cached_property, lru_cache
 
+import numpy as np
+
 from fimtune.config import ConfigError, FilterConfig
 
 BOM = b"\xef\xbb\xbf"
@@ -13,8 +15,12 @@ SNIFF_BYTES = 8192
 # Share of control bytes (other than tab, newlines, form feed, escape) that makes a file binary.
 MAX_CONTROL_FRACTION = 0.1
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b") + b"\x7f"
-_ALNUM_AND_SPACE = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz \t\n\x0b\x0c\r"
-_NON_ASCII = bytes(range(128, 256))
+_ALNUM = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+_SPACE = np.frombuffer(b" \t\n\x0b\x0c\r", dtype=np.uint8)
+# What str.splitlines() breaks lines at ("\r\n" is one break): ASCII ones, and three more outside ASCII.
+_ASCII_BREAKS = np.frombuffer(b"\n\r\x0b\x0c\x1c\x1d\x1e", dtype=np.uint8)
+_OTHER_BREAKS = ("\x85", "\u2028", "\u2029")
+_BREAK_CHARS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e" + "".join(_OTHER_BREAKS))
 # Lines that open a comment or docstring at column 0: where generated-file markers are looked for.
 _COMMENT_STARTS = ("#", "//", "--", ";", "%")
 _BLOCK_OPEN = re.compile(r"(/\*|<!--|[rRbBuU]{0,2}(?:\"\"\"|'''))")
@@ -22,7 +28,11 @@ _BLOCK_CLOSE = {"/*": "*/", "<!--": "-->", '"""': '"""', "'''": "'''"}
 
 
 class Doc:
-    """One file under test: its bytes (BOM removed) and, once decoded, its text and line statistics."""
+    """One file under test: its bytes (BOM removed) and, once decoded, its text and line statistics.
+
+    The statistics are exact but made without splitting the whole text where they can be: from a histogram
+    of the bytes, the lines of the head of the file, the byte length of the longest "\n"-separated line.
+    """
 
     def __init__(self, path: str, data: bytes) -> None:
         self.path = path
@@ -32,6 +42,42 @@ class Doc:
     @cached_property
     def lines(self) -> list[str]:
         return self.text.splitlines()
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """How many times each byte value occurs in data."""
+        return np.bincount(np.frombuffer(self.data, dtype=np.uint8), minlength=256)
+
+    @cached_property
+    def line_count(self) -> int:
+        """len(self.lines), counted rather than split."""
+        breaks = int(self.counts[_ASCII_BREAKS].sum())
+        if self.counts[0x0D]:
+            breaks -= self.text.count("\r\n")
+        if self.counts[0x80:].any():
+            breaks += sum(map(self.text.count, _OTHER_BREAKS))
+        return breaks + (bool(self.text) and self.text[-1] not in _BREAK_CHARS)
+
+    @cached_property
+    def longest_line_bytes(self) -> int:
+        """Bytes in the longest "\n"-separated line: no line of self.lines has more characters."""
+        ends = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == 0x0A)
+        if not len(ends):
+            return len(self.data)
+        return int(max(ends[0], np.diff(ends).max(initial=0) - 1, len(self.data) - 1 - ends[-1]))
+
+    def head_lines(self, n: int) -> list[str]:
+        """self.lines[:n], splitting only as much of the text as it takes."""
+        if "lines" in self.__dict__:
+            return self.lines[:n]
+        size = 4096
+        while True:
+            lines = self.text[:size].splitlines()
+            if len(lines) > n:  # line n-1 ended before the cut (line n starts there)
+                return lines[:n]
+            if size >= len(self.text):
+                return lines
+            size *= 4
 
 
 # A filter looks at a Doc and returns None (keep) or the reason to drop it.
@@ -51,6 +97,8 @@ def is_empty(doc: Doc, cfg: FilterConfig) -> str | None:
 
 
 def has_too_few_lines(doc: Doc, cfg: FilterConfig) -> str | None:
+    if sum(1 for line in doc.head_lines(64) if line and not line.isspace()) >= cfg.min_lines:
+        return None
     nonblank = 0
     for line in doc.lines:
         if line and not line.isspace():
@@ -61,22 +109,22 @@ def has_too_few_lines(doc: Doc, cfg: FilterConfig) -> str | None:
 
 
 def is_minified(doc: Doc, cfg: FilterConfig) -> str | None:
-    if max(map(len, doc.lines), default=0) > cfg.max_line_length:
+    if doc.longest_line_bytes > cfg.max_line_length and max(map(len, doc.lines), default=0) > cfg.max_line_length:
         return "minified"
-    breaks = doc.text.count("\n") + doc.text.count("\r") - doc.text.count("\r\n")
-    mean = (len(doc.text) - breaks) / max(1, len(doc.lines))
+    crlf = doc.text.count("\r\n") if doc.counts[0x0D] else 0
+    breaks = int(doc.counts[0x0A]) + int(doc.counts[0x0D]) - crlf
+    mean = (len(doc.text) - breaks) / max(1, doc.line_count)
     return "minified" if mean > cfg.max_mean_line_length else None
 
 
 def has_low_alnum(doc: Doc, cfg: FilterConfig) -> str | None:
     """Letters and digits over non-whitespace characters (a non-ASCII character counts as a letter)."""
-    data = doc.data
-    rest = data.translate(None, _ALNUM_AND_SPACE)  # ASCII punctuation and the bytes of non-ASCII characters
-    symbols = len(rest.translate(None, _NON_ASCII))
-    non_ascii_bytes = len(rest) - symbols
-    non_ascii_chars = len(doc.text) - (len(data) - non_ascii_bytes)
-    spaces = sum(map(data.count, (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c")))
-    alnum = len(data) - len(rest) - spaces + non_ascii_chars
+    counts = doc.counts
+    non_ascii_bytes = int(counts[0x80:].sum())
+    non_ascii_chars = len(doc.text) - (len(doc.data) - non_ascii_bytes)
+    ascii_alnum, spaces = int(counts[_ALNUM].sum()), int(counts[_SPACE].sum())
+    symbols = len(doc.data) - ascii_alnum - spaces - non_ascii_bytes  # ASCII punctuation and control bytes
+    alnum = ascii_alnum + non_ascii_chars
     visible = alnum + symbols
     return "low_alnum" if visible and alnum / visible < cfg.min_alnum_fraction else None
 
@@ -120,7 +168,7 @@ def is_generated(doc: Doc, cfg: FilterConfig) -> str | None:
     """A generated-code marker in a comment or docstring among the first lines."""
     if not cfg.generated_markers:
         return None
-    head = "\n".join(header_comments(doc.lines[: cfg.generated_header_lines]))
+    head = "\n".join(header_comments(doc.head_lines(cfg.generated_header_lines)))
     return "generated" if head and _markers(tuple(cfg.generated_markers)).search(head) else None
 
 

@@ -1,14 +1,17 @@
 """The corpus build: the only place that knows the order of the stages.
 
-    walk (main) -> read, filter, redact secrets, sign, cut middles, index entries (workers, one pass per file)
-      -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (main)
+    walk (main) -> read, filter, redact secrets, sign, parse once, cut middles, index entries (workers, one pass
+      per file) -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (workers)
 
 Work is per file, spread over processes; every result is sorted before it is written and every random
 choice is seeded from (seed, repo, path), so the output does not depend on the number of workers.
+A file's text crosses between processes once (worker -> main): later stages run in forked workers that
+read the kept files from memory they share with the main process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -28,7 +31,8 @@ from tqdm import tqdm
 from fimtune import CORPUS_FORMAT_VERSION
 from fimtune.config import CorpusConfig, to_dict
 from fimtune.corpus import dedup, filters, secrets, spans, split, walk, write
-from fimtune.records import FimExample, Snippet, SourceFile, Span, sha256_hex
+from fimtune.languages import parse
+from fimtune.records import Snippet, SourceFile, Span
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +59,44 @@ class FileResult:
     language: str | None
     size: int
     reason: str | None = None
-    text: str | None = None
+    data: bytes = b""  # the kept (redacted) text, UTF-8
     sha: str = ""
     signature: np.ndarray | None = None
     secrets: dict[str, int] = field(default_factory=dict)
     spans: list[Span] = field(default_factory=list)
     parse_ok: bool = True
     file_index: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled compactly (a worker sends one per file): spans as plain tuples, as a dataclass pickles field
+        by field through Python code, slowly."""
+        spans = [(s.start, s.end, s.kind) for s in self.spans]
+        return _unpickle_result, (
+            (self.repo, self.path, self.language, self.size, self.reason),
+            (self.data, self.sha, self.signature, self.secrets, spans, self.parse_ok, self.file_index),
+        )
+
+
+def _unpickle_result(
+    where: tuple[str, str, str | None, int, str | None],
+    found: tuple[bytes, str, np.ndarray | None, dict[str, int], list[tuple[int, int, str]], bool, Any],
+) -> FileResult:
+    repo, path, language, size, reason = where
+    data, sha, signature, secrets_found, spans, parse_ok, file_index = found
+    return FileResult(
+        repo,
+        path,
+        language,
+        size,
+        reason,
+        data,
+        sha,
+        signature,
+        secrets_found,
+        [Span(*s) for s in spans],
+        parse_ok,
+        file_index,
+    )
 
 
 # Walk reasons that count a pruned folder, not a file.
@@ -95,73 +130,95 @@ def _process_one(args: tuple[str, str, walk.WalkItem]) -> FileResult:
         if cfg.secrets.action == "drop":
             res.reason = "secret"
             return res
-    res.text = scan.text
-    res.sha = sha256_hex(scan.text)
+    res.data = data = scan.text.encode("utf-8")
+    res.sha = hashlib.sha256(data).hexdigest()  # records.sha256_hex of the text
     if cfg.dedup.near:
-        res.signature = dedup.minhash_signature(scan.text, cfg.dedup)
+        res.signature = dedup.minhash_signature(data, cfg.dedup)
     source = SourceFile(repo, item.path, item.language or "", scan.text)
+    tree = parse(source.language, data)  # one parse, shared by the middles and the context index
     rng = random.Random(f"{cfg.seed}\x00{repo}\x00{item.path}")
-    cut = spans.choose_spans(source, cfg.spans, rng)
+    cut = spans.choose_spans(source, cfg.spans, rng, data=data, tree=tree)
     res.spans, res.parse_ok = cut.spans, cut.parse_ok
     if cfg.context.enabled:
         from fimtune import context
 
-        res.file_index = context.index_file(source, cfg.context)
+        res.file_index = context.index_file(source, cfg.context, tree)
     return res
 
 
-def _context_one(args: tuple[SourceFile, list[Span]]) -> tuple[tuple[str, str], list[tuple[Snippet, ...]]]:
-    source, file_spans = args
-    index = _STATE["indexes"][source.repo]
-    data = source.data
+def _context_one(i: int) -> list[tuple[Snippet, ...]]:
+    """The context of each middle of kept file i (runs in a worker)."""
+    r: FileResult = _STATE["kept"][i]
+    index = _STATE["indexes"][r.repo]
     out = []
-    for span in file_spans:
-        prefix = data[: span.start].decode("utf-8")
-        suffix = data[span.end :].decode("utf-8")
-        out.append(index.retrieve(source.path, source.language, prefix, suffix))
-    return (source.repo, source.path), out
+    for span in r.spans:
+        prefix = r.data[: span.start].decode("utf-8")
+        suffix = r.data[span.end :].decode("utf-8")
+        out.append(index.retrieve(r.path, r.language or "", prefix, suffix))
+    return out
 
 
 def _write_shard(job: tuple[str, int, int]) -> str:
-    """Build the examples of one shard from the kept files and write it (runs in a worker)."""
+    """Write one shard from the kept files (runs in a worker): its examples are refs[k * shard_examples:...]."""
     split_name, k, n_shards = job
     cfg: CorpusConfig = _STATE["cfg"]
-    sources: list[SourceFile] = _STATE["sources"]
     kept: list[FileResult] = _STATE["kept"]
-    contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = _STATE["contexts"]
+    contexts: dict[int, list[tuple[Snippet, ...]]] = _STATE["contexts"]
     chunk = _STATE["refs"][split_name][k * cfg.shard_examples : (k + 1) * cfg.shard_examples]
-    examples = []
-    for i, j in chunk:
-        source = sources[i]
-        file_ctx = contexts.get((source.repo, source.path))
-        examples.append(FimExample.from_span(source, kept[i].spans[j], file_ctx[j] if file_ctx else ()))
+    files: list[write.FileExamples] = []
+    a = 0
+    while a < len(chunk):  # consecutive refs of one file (spans in order) become one FileExamples
+        i, first = chunk[a]
+        b = a + 1
+        while b < len(chunk) and chunk[b][0] == i:
+            b += 1
+        last = chunk[b - 1][1] + 1
+        r = kept[i]
+        ctx = contexts.get(i)
+        files.append(
+            write.FileExamples(
+                r.repo, r.path, r.language or "", r.sha, r.data, r.spans[first:last], ctx[first:last] if ctx else ()
+            )
+        )
+        a = b
     name = write.shard_names(split_name, n_shards)[k]
-    write.write_shard(_STATE["data_dir"], name, examples)
+    write.write_shard(_STATE["data_dir"], name, files)
     return name
+
+
+def _indexed(job: tuple[Callable[[T], R], int, T]) -> tuple[int, R]:
+    fn, i, item = job
+    return i, fn(item)
 
 
 def _run(
     fn: Callable[[T], R], items: list[T], workers: int, desc: str, sizes: list[int] | None, progress: bool
-) -> Iterator[R]:
-    """Map fn over items on `workers` processes (in this process when 1), with a progress bar."""
+) -> Iterator[tuple[int, R]]:
+    """Map fn over items on `workers` processes (in this process when 1), with a progress bar.
+
+    Yields (index in items, result) in the order results finish: callers that need an order sort by index.
+    With sizes, the largest items are handed out first, so no worker is left with a big one at the end.
+    """
     bar = tqdm(
         total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False
     )
     start, done_bytes = time.perf_counter(), 0
+    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else range(len(items))
+    jobs = [(fn, i, items[i]) for i in order]
     if workers <= 1 or len(items) < 2:
-        results: Iterable[R] = map(fn, items)
+        results: Iterable[tuple[int, R]] = map(_indexed, jobs)
         pool = None
     else:
         pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (workers * 8) or 1)))
+        results = pool.imap_unordered(_indexed, jobs, chunksize=max(1, min(16, len(items) // (workers * 32))))
     try:
-        for i, r in enumerate(results):
+        for n, (i, r) in enumerate(results):
             if sizes is not None:
                 done_bytes += sizes[i]
-                if i % 50 == 0:
+                if n % 50 == 0:
                     bar.set_postfix_str(f"{done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
             bar.update()
-            yield r
+            yield i, r
     finally:
         bar.close()
         if pool is not None:
@@ -280,12 +337,12 @@ def _build(
     timer.lap("walk")
 
     # 2. Per file: read, filter, redact, sign, cut middles, index.
-    read: list[FileResult] = []
+    read_at: dict[int, FileResult] = {}
     secret_kinds: Counter[str] = Counter()
     files_with_secrets = 0
     bytes_in = 0
     sizes = [j[2].size for j in jobs]
-    for res in _run(_process_one, jobs, workers, "files", sizes, progress):
+    for i, res in _run(_process_one, jobs, workers, "files", sizes, progress):
         bytes_in += res.size
         if res.secrets:
             files_with_secrets += 1
@@ -293,7 +350,8 @@ def _build(
         if res.reason is not None:
             dropped[res.reason] += 1
         else:
-            read.append(res)
+            read_at[i] = res
+    read = [read_at[i] for i in sorted(read_at)]  # walk order, whatever order the workers finished in
 
     timer.lap("files")
 
@@ -318,11 +376,11 @@ def _build(
         side[member] = side[rep]
 
     timer.lap("dedup_split")
-    sources = [SourceFile(r.repo, r.path, r.language or "", r.text or "") for r in kept]
     parse_failures = sum(not r.parse_ok for r in kept)
+    _STATE["kept"] = kept
 
     # 5. Cross-file context with the same retriever the server uses.
-    contexts: dict[tuple[str, str], list[tuple[Snippet, ...]]] = {}
+    contexts: dict[int, list[tuple[Snippet, ...]]] = {}
     if cfg.context.enabled:
         from fimtune import context
 
@@ -331,9 +389,10 @@ def _build(
             entries = [r.file_index for r in kept if r.repo == repo.name and r.file_index is not None]
             indexes[repo.name] = context.RepoIndex.build(entries, cfg.context)
         _STATE["indexes"] = indexes
-        jobs2 = [(s, r.spans) for s, r in zip(sources, kept, strict=True) if r.spans]
-        for key, ctx in _run(_context_one, jobs2, workers, "context", None, progress):
-            contexts[key] = ctx
+        with_spans = [i for i, r in enumerate(kept) if r.spans]
+        sizes = [kept[i].size for i in with_spans]
+        for k, ctx in _run(_context_one, with_spans, workers, "context", sizes, progress):
+            contexts[with_spans[k]] = ctx
 
     timer.lap("context")
 
@@ -341,13 +400,13 @@ def _build(
     refs: dict[str, list[tuple[int, int]]] = {"train": [], "test": []}
     span_kinds: Counter[str] = Counter()
     lang_files: Counter[str] = Counter()
-    order = sorted(range(len(sources)), key=lambda i: (sources[i].repo, sources[i].path))
+    order = sorted(range(len(kept)), key=lambda i: (kept[i].repo, kept[i].path))
     for i in order:
-        s, r = sources[i], kept[i]
-        lang_files[s.language] += 1
+        r = kept[i]
+        lang_files[r.language or ""] += 1
         span_kinds.update(span.kind for span in r.spans)
-        refs[side[(s.repo, s.path)]].extend((i, j) for j in range(len(r.spans)))  # spans come sorted
-    _STATE.update(sources=sources, kept=kept, contexts=contexts, refs=refs, data_dir=staging / "data")
+        refs[side[(r.repo, r.path)]].extend((i, j) for j in range(len(r.spans)))  # spans come sorted
+    _STATE.update(contexts=contexts, refs=refs, data_dir=staging / "data")
     shard_jobs: list[tuple[str, int, int]] = []
     shards: dict[str, list[str]] = {}
     for name, split_refs in refs.items():

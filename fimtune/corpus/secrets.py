@@ -56,6 +56,9 @@ class _Detector:
     extend: str = ""  # characters the value extends over on both sides (a token longer than the pattern)
     check: Callable[[re.Match[str], str], bool] | None = None  # a further test: (match, extended value)
     expand: Callable[[str, re.Match[str]], tuple[int, int] | None] | None = None  # match -> secret span
+    # Every match starts where a hint does (the pattern opens with the hints): tried only there, not at every
+    # character of the line.
+    at_hints: bool = False
 
 
 def _plugin(cls: type[RegexBasedDetector], token: bool = True) -> tuple[re.Pattern[str], ...]:
@@ -249,6 +252,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         (_ASSIGNMENT,),
         group="value",
         check=_assignment_ok,
+        at_hints=True,
     ),
 )
 
@@ -272,21 +276,40 @@ def _lower_same_length(text: str) -> str:
     return low if len(low) == len(text) else text
 
 
-def _candidates(text: str) -> Iterator[tuple[_Detector, int, int]]:
-    """(detector, start, end) of each candidate line: one holding a hint of the detector."""
+def _candidates(text: str) -> Iterator[tuple[_Detector, int, int, list[int]]]:
+    """(detector, start, end, hint starts) of each candidate line: one holding a hint of the detector."""
     automaton, owner = _automaton()
     low = _lower_same_length(text)
-    seen: set[tuple[int, int]] = set()
+    lines: dict[tuple[int, int], tuple[int, list[int]]] = {}  # in order of each line's first hit
     line_start = line_end = -1
     for pattern, start, _end in automaton.find_matches_as_indexes(low, overlapping=True):
         if not line_start <= start < line_end:  # hits come in order: find each line once
             line_start = text.rfind("\n", 0, start) + 1
             line_end = text.find("\n", start)
             line_end = len(text) if line_end < 0 else line_end
-        det_index = owner[pattern]
-        if (det_index, line_start) not in seen:
-            seen.add((det_index, line_start))
-            yield _DETECTORS[det_index], line_start, line_end
+        key = (owner[pattern], line_start)
+        if key in lines:
+            lines[key][1].append(start)
+        else:
+            lines[key] = (line_end, [start])
+    for (det_index, start), (end, hints) in lines.items():
+        yield _DETECTORS[det_index], start, end, hints
+
+
+def _matches(
+    det: _Detector, pattern: re.Pattern[str], text: str, start: int, end: int, hints: list[int]
+) -> Iterator[re.Match[str]]:
+    """pattern.finditer(text, start, end), tried only at the hints when the detector's matches start there."""
+    if not det.at_hints:
+        yield from pattern.finditer(text, start, end)
+        return
+    pos = start
+    for at in sorted(set(hints)):
+        if at >= pos:
+            m = pattern.match(text, at, end)
+            if m is not None:
+                yield m
+                pos = m.end()
 
 
 @cache
@@ -308,10 +331,10 @@ def _extend(text: str, start: int, end: int, chars: str, reach: int = 4096) -> t
 def find_secrets(text: str) -> list[tuple[int, int, str]]:
     """Character spans (start, end, kind) of the secret values in text, sorted and not overlapping."""
     found: list[tuple[int, int, str]] = []
-    for det, line_start, line_end in _candidates(text):
+    for det, line_start, line_end, hints in _candidates(text):
         covered = -1  # end of this detector's last span on the line: a run of tokens is searched once
         for pattern in det.patterns:
-            for m in pattern.finditer(text, line_start, line_end):
+            for m in _matches(det, pattern, text, line_start, line_end, hints):
                 if det.expand is not None:
                     span = det.expand(text, m)
                     if span is None:

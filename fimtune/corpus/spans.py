@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import attrgetter
 from typing import Any
 
+import numpy as np
 import tree_sitter as ts
 
 from fimtune.config import ConfigError, SpanConfig
@@ -53,30 +54,44 @@ def examples_for_size(n_bytes: int, cfg: SpanConfig) -> int:
     return max(cfg.min_examples_per_file, min(cfg.max_examples_per_file, n))
 
 
-def choose_spans(source: SourceFile, cfg: SpanConfig, rng: random.Random) -> SpanResult:
+def choose_spans(
+    source: SourceFile,
+    cfg: SpanConfig,
+    rng: random.Random,
+    *,
+    data: bytes | None = None,
+    tree: ts.Tree | None = None,
+) -> SpanResult:
     """Pick middles for one file: kinds drawn from cfg.mix (renormalised over the kinds this file has),
     then a candidate of that kind; no two spans with the same range; deterministic for a given rng state.
+
+    data (the text's UTF-8 bytes) and tree (its syntax tree), when the caller has them, are not made again.
     """
     if cfg.max_middle_bytes < 1 or cfg.max_middle_lines < 1:
         raise ConfigError("spans.max_middle_bytes and spans.max_middle_lines: must be at least 1")
-    data = source.data
-    tree = parse(source.language, data)
+    if data is None:
+        data = source.data
+    if tree is None:
+        tree = parse(source.language, data)
     parse_ok = not tree.root_node.has_error
     text = _Text(data, cfg)
     pools = _pools(text, _syntax_nodes(source.language, tree, cfg))
     n = examples_for_size(len(data), cfg)
     kinds = [k for k, w in cfg.mix.items() if w > 0 and k in pools]
+    # rng.choices(kinds, weights)[0], inlined: the same cumulative weights and the same one rng.random() call.
+    cum_weights = list(accumulate(cfg.mix[k] for k in kinds))
     chosen: dict[tuple[int, int], str] = {}
     # Draws can fail (a candidate over the caps, a duplicate); each failure uses up a candidate, and
     # the bound only matters for the endless pools (random) in files where nearly every draw fails.
     attempts = 0
     while len(chosen) < n and kinds and attempts < 20 * n + 100:
         attempts += 1
-        kind = rng.choices(kinds, weights=[cfg.mix[k] for k in kinds])[0]
+        kind = kinds[bisect.bisect(cum_weights, rng.random() * (cum_weights[-1] + 0.0), 0, len(kinds) - 1)]
         pool = pools[kind]
         span = pool.draw(rng)
         if pool.exhausted:
             kinds.remove(kind)
+            cum_weights = list(accumulate(cfg.mix[k] for k in kinds))
         if span is not None and span not in chosen:
             chosen[span] = kind
     spans = sorted((Span(a, b, k) for (a, b), k in chosen.items()), key=lambda s: (s.start, s.end, s.kind))
@@ -113,14 +128,16 @@ def syntax_candidates(source: SourceFile, cfg: SpanConfig) -> dict[str, list[Spa
 class _Text:
     """The file's bytes with what every kind needs: line starts, the caps, UTF-8 character boundaries."""
 
-    __slots__ = ("data", "line_starts", "max_bytes", "max_lines")
+    __slots__ = ("data", "line_starts", "line_starts_array", "max_bytes", "max_lines")
 
     def __init__(self, data: bytes, cfg: SpanConfig) -> None:
         self.data = data
         self.max_bytes = cfg.max_middle_bytes
         self.max_lines = cfg.max_middle_lines
         # Each line starts one byte after the previous line's end (its newline).
-        self.line_starts = list(accumulate(map((1).__add__, map(len, data.split(b"\n"))), initial=0))[:-1]
+        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _NL)
+        self.line_starts_array = np.concatenate(([0], newlines + 1))
+        self.line_starts: list[int] = self.line_starts_array.tolist()
 
     def fits(self, a: int, b: int) -> bool:
         """Whether [a, b) is within max_middle_bytes and max_middle_lines (a final newline ends the last line)."""
@@ -270,8 +287,19 @@ def _pools(text: _Text, nodes: dict[str, list[ts.Node]]) -> dict[str, _Pool]:
             return _statements(text, node, rng, keys)
 
         pools[STATEMENTS_KIND] = _Pool(run, list(statements), _sorted_nodes)
-        pools["empty"].prepare = lambda starts: sorted(set(starts).union(map(_END, statements)))
+        pools["empty"].prepare = lambda _starts: _merge_sorted(text.line_starts_array, map(_END, statements))
     return pools
+
+
+def _merge_sorted(starts: np.ndarray, more: Iterable[int]) -> list[int]:
+    """sorted(set(starts) | set(more)) for sorted, distinct starts."""
+    merged = np.concatenate((starts, np.fromiter(more, dtype=starts.dtype)))
+    merged.sort(kind="stable")
+    keep = np.empty(len(merged), dtype=bool)
+    keep[0] = True
+    np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+    out: list[int] = merged[keep].tolist()
+    return out
 
 
 def _node_resolver(kind: str, text: _Text) -> Callable[[ts.Node, random.Random], tuple[int, int] | None]:

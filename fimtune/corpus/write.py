@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fimtune.records import FimExample
+from fimtune.records import Snippet, Span, example_id
 
 SCHEMA = pa.schema(
     [
@@ -36,6 +39,19 @@ SCHEMA = pa.schema(
     ]
 )
 
+# Columns that hold whole file texts (every example repeats its file): no dictionary (no value repeats) and no
+# min/max statistics (comparing long shared prefixes costs as much as compressing them); zstd does the rest.
+TEXT_COLUMNS = ("prefix", "middle", "suffix", "context")
+ROW_GROUP_ROWS = 1000
+# A row group's text column stays under this many bytes (Arrow string offsets are 32-bit).
+ROW_GROUP_TEXT_BYTES = 1 << 30
+WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": [n for n in SCHEMA.names if n not in TEXT_COLUMNS],
+    "write_statistics": [n for n in SCHEMA.names if n not in TEXT_COLUMNS],
+}
+
 MANIFEST = "manifest.json"
 BUILDING_MARKER = ".fimtune-building"
 STAGING_PREFIX = ".staging-"
@@ -45,18 +61,91 @@ class OutputError(Exception):
     """The output folder cannot be used; the message says why and what to do."""
 
 
+@dataclass(frozen=True, slots=True)
+class FileExamples:
+    """The examples one file gives a shard: the file's UTF-8 text once, the spans cut from it (sorted), and
+    each span's context (empty when context is off). Rows are made from these without a string per row."""
+
+    repo: str
+    path: str
+    language: str
+    file_sha: str
+    data: bytes
+    spans: Sequence[Span]
+    contexts: Sequence[tuple[Snippet, ...]] = ()
+
+
 def shard_names(split: str, n_shards: int) -> list[str]:
     return [f"{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
 
 
-def write_shard(folder: Path, name: str, examples: Sequence[FimExample]) -> None:
-    """Write one Parquet shard atomically (deterministic bytes for the same examples)."""
-    columns: dict[str, list[Any]] = {n: [getattr(ex, n) for ex in examples] for n in SCHEMA.names if n != "context"}
-    columns["context"] = [[s.to_dict() for s in ex.context] for ex in examples]
-    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+def write_shard(folder: Path, name: str, files: Sequence[FileExamples]) -> None:
+    """Write one Parquet shard atomically: one row per span, in the given order (deterministic bytes)."""
     tmp = folder / (name + ".partial")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1000)
+    with pq.ParquetWriter(tmp, SCHEMA, **WRITE_OPTIONS) as writer:
+        for group in _row_groups(files):
+            writer.write_table(_table(group), row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, folder / name)
+
+
+def _row_groups(files: Sequence[FileExamples]) -> Iterator[list[tuple[FileExamples, int]]]:
+    """(file, span index) rows in groups of ROW_GROUP_ROWS, cut earlier when a text column would get too big."""
+    group: list[tuple[FileExamples, int]] = []
+    text_bytes = 0
+    for f in files:
+        for j in range(len(f.spans)):
+            if group and (len(group) == ROW_GROUP_ROWS or text_bytes + len(f.data) > ROW_GROUP_TEXT_BYTES):
+                yield group
+                group, text_bytes = [], 0
+            group.append((f, j))
+            text_bytes += len(f.data)
+    if group:
+        yield group
+
+
+def _strings(pieces: Sequence[bytes | memoryview]) -> pa.Array:
+    """A string column from UTF-8 pieces (file text cut at character boundaries), copied once.
+
+    Built from buffers, not from Python objects: pyarrow's conversion of Python values imports pandas (half a
+    second in every worker) and makes a string object per row.
+    """
+    offsets = np.fromiter(accumulate(map(len, pieces), initial=0), dtype=np.int32, count=len(pieces) + 1)
+    return pa.StringArray.from_buffers(len(pieces), pa.py_buffer(offsets), pa.py_buffer(b"".join(pieces)))
+
+
+_CONTEXT_TYPE = SCHEMA.field("context").type
+
+
+def _contexts(per_row: Sequence[tuple[Snippet, ...]]) -> pa.Array:
+    """The context column: a list of {path, text, kind} per row."""
+    offsets = np.fromiter(accumulate(map(len, per_row), initial=0), dtype=np.int32, count=len(per_row) + 1)
+    snippets = [s for row in per_row for s in row]
+    fields = [_strings([getattr(s, f.name).encode("utf-8") for s in snippets]) for f in _CONTEXT_TYPE.value_type.fields]
+    items = pa.StructArray.from_arrays(fields, fields=list(_CONTEXT_TYPE.value_type.fields))
+    return pa.ListArray.from_arrays(
+        pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets)]), items, type=_CONTEXT_TYPE
+    )
+
+
+def _table(rows: list[tuple[FileExamples, int]]) -> pa.Table:
+    files = list({id(f): f for f, _ in rows}.values())
+    views = {id(f): memoryview(f.data) for f in files}
+    meta = {id(f): [x.encode("utf-8") for x in (f.repo, f.path, f.language, f.file_sha)] for f in files}
+    spans = [(f, views[id(f)], f.spans[j]) for f, j in rows]
+    no_context: tuple[Snippet, ...] = ()
+    columns = {
+        "id": _strings([example_id(f.repo, f.path, s).encode("ascii") for f, _, s in spans]),
+        "repo": _strings([meta[id(f)][0] for f, _ in rows]),
+        "path": _strings([meta[id(f)][1] for f, _ in rows]),
+        "language": _strings([meta[id(f)][2] for f, _ in rows]),
+        "span_kind": _strings([s.kind.encode("utf-8") for _, _, s in spans]),
+        "prefix": _strings([v[: s.start] for _, v, s in spans]),
+        "middle": _strings([v[s.start : s.end] for _, v, s in spans]),
+        "suffix": _strings([v[s.end :] for _, v, s in spans]),
+        "context": _contexts([f.contexts[j] if f.contexts else no_context for f, j in rows]),
+        "file_sha": _strings([meta[id(f)][3] for f, _ in rows]),
+    }
+    return pa.Table.from_arrays([columns[n] for n in SCHEMA.names], schema=SCHEMA)
 
 
 def dataset_card(manifest: dict[str, Any], splits: Sequence[str]) -> str:
