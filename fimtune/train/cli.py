@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.merged:
             _say(f"merged model: {result.merged}")
         _say(
-            f"next: see the prompts it learned from with `fimtune render --corpus {cfg.corpus} "
-            f"--tokenizer {result.out}`; the adapter loads with peft's PeftModel.from_pretrained(base, RUN)"
+            f"next: compare it with its base on held-out code: `fimtune eval --corpus {cfg.corpus} --run {result.out} "
+            f"--compare --limit 50`; complete in the editor: `fimtune serve --run {result.out}`"
         )
     return 0
