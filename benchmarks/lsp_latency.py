@@ -371,6 +371,12 @@ async def run_engine(name: str, settings: dict[str, Any], root: Path, args: argp
     return out
 
 
+def shown(path: Path) -> str:
+    """A path as the results file shows it: from site-packages on, never this machine's own folders."""
+    parts = path.resolve().parts
+    return "/".join(parts[parts.index("site-packages") :]) if "site-packages" in parts else path.name
+
+
 def fmt_ms(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -383,7 +389,7 @@ def report(runs: list[EngineRun], root: Path, n_files: int, load: tuple[float, f
         "",
         f"`python benchmarks/lsp_latency.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         "",
-        f"workspace: {root} ({n_files} source files the server's walk indexes, not written here)",
+        f"workspace: {shown(root)} ({n_files} source files the server's walk indexes, not written here)",
         f"machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, Python {platform.python_version()}, "
         f"{platform.system()}; shared with other jobs "
         f"(1-min load average {load[0]:.2f} at start, {load[1]:.2f} at end)",
