@@ -353,6 +353,13 @@ def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = No
     return FileIndex(source.path, source.language, definitions, imports, _windows(source.text, cfg))
 
 
+def imports_of(language: str, text: str) -> tuple[str, ...]:
+    """Import specifiers of a text alone: what a file the index has not seen needs, without definitions or windows."""
+    if language not in LANGUAGES:
+        return ()
+    return _imports(language, parse(language, text.encode("utf-8")).root_node)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Import resolution: per-language rules over the set of paths in the index
 
@@ -891,7 +898,7 @@ class RepoIndex:
             targets = self.resolve_imports(path)
             specs = entry.imports
         else:  # a file the index has not seen (a new buffer): its imports come from the live text
-            specs = index_file(SourceFile("", path, language, prefix + suffix), self.cfg).imports
+            specs = imports_of(language, prefix + suffix)
             targets = self._resolve(path, language, specs)
         named = {t for spec in specs for t in tokenize(spec)[-1:]}
         ranked: list[tuple[int, int, int, Definition]] = []
