@@ -31,7 +31,7 @@ from fimtune.tokenizer import save_tokenizer
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, to_dataset
 from fimtune.train.model import load_tokenizer
-from fimtune.train.sft import CHECKPOINTS, NonFiniteLoss, _Guard, _peak_memory_mib, sft_config
+from fimtune.train.sft import CHECKPOINTS, Guard, NonFiniteLoss, peak_memory_mib, sft_config
 
 log = logging.getLogger(__name__)
 
@@ -377,13 +377,19 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
         save_total_limit=2,
         seed=cfg.seed,
     )
-    args = sft_config(tc, out, on_gpu, has_eval=True, packed=False)
-    args.load_best_model_at_end = False  # pretraining keeps the last weights (the cosine schedule's end)
-    args.train_sampling_strategy = "random"  # rows all have seq_len tokens: nothing to group by length
-    args.dataset_kwargs = {"skip_prepare_dataset": True}  # rows are tokenized and packed; labels = input_ids
-    args.adam_beta2 = 0.95
+    args = sft_config(
+        tc,
+        out,
+        on_gpu,
+        has_eval=True,
+        packed=False,
+        load_best_model_at_end=False,  # pretraining keeps the last weights (the cosine schedule's end)
+        train_sampling_strategy="random",  # rows all have seq_len tokens: nothing to group by length
+        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenized and packed; labels = input_ids
+        adam_beta2=0.95,
+    )
     ref: dict[str, Any] = {}
-    guard = _Guard(ref)
+    guard = Guard(ref)
     stopper = _Deadline(deadline, eval_s=0.0)
     trainer = SFTTrainer(
         model=model,
@@ -427,7 +433,7 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     finished = state.global_step >= cfg.max_steps
     files = save_model(trainer.model, model_dir, preset, end_id, pad_id)
     shutil.copyfile(data / DATA_MANIFEST, model_dir / DATA_MANIFEST)
-    peak_mem, peak_kind = _peak_memory_mib(on_gpu)
+    peak_mem, peak_kind = peak_memory_mib(on_gpu)
     report: dict[str, Any] = {
         "preset": preset.name,
         "params": params,

@@ -50,7 +50,7 @@ class NonFiniteLoss(Exception):
     """Raised from inside the training loop when the logged loss is NaN or infinite."""
 
 
-class _Guard(TrainerCallback):
+class Guard(TrainerCallback):
     """Stops the run on a NaN/inf loss; remembers where the run started and hands the collator back for eval."""
 
     def __init__(self, trainer_ref: dict[str, Any]) -> None:
@@ -81,7 +81,7 @@ class TrainResult:
     merged: Path | None
 
 
-def _peak_memory_mib(on_gpu: bool) -> tuple[float, str]:
+def peak_memory_mib(on_gpu: bool) -> tuple[float, str]:
     if on_gpu:
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
@@ -109,10 +109,11 @@ def padding_free(cfg: TrainConfig, attention: str) -> bool:
     return cfg.packing == "padding_free" or (cfg.packing == "auto" and attention == "flash_attention_2")
 
 
-def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed: bool) -> SFTConfig:
-    """TRL's settings for this run (everything TrainConfig leaves to the trainer stays at TRL's default)."""
+def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed: bool, **overrides: Any) -> SFTConfig:
+    """TRL's settings for this run (everything TrainConfig leaves to the trainer stays at TRL's default);
+    `overrides` replace any of them (pretraining's own choices)."""
     eval_steps = min(cfg.eval_steps, cfg.max_steps) if cfg.max_steps else cfg.eval_steps
-    return SFTConfig(
+    settings: dict[str, Any] = dict(
         output_dir=str(out / CHECKPOINTS),
         max_steps=cfg.max_steps or -1,
         num_train_epochs=cfg.epochs,
@@ -153,6 +154,8 @@ def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed
         ddp_find_unused_parameters=False,
         disable_tqdm=not os.isatty(2),
     )
+    settings.update(overrides)
+    return SFTConfig(**settings)
 
 
 def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
@@ -208,7 +211,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     # 5. Trainer: TRL's SFTTrainer packs (padding-free, position ids) or groups by length.
     ref: dict[str, Any] = {}
-    guard = _Guard(ref)
+    guard = Guard(ref)
     trainer = SFTTrainer(
         model=loaded.model,
         args=args,
@@ -243,7 +246,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     state = trainer.state
     seconds = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
     tokens = state.num_input_tokens_seen - guard.start_tokens
-    peak, peak_kind = _peak_memory_mib(on_gpu)
+    peak, peak_kind = peak_memory_mib(on_gpu)
     report: dict[str, Any] = {
         "steps": state.global_step,
         "start_step": guard.start_step,
