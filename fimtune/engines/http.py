@@ -195,7 +195,6 @@ class HttpStream:
         settings: EngineSettings,
         default_endpoint: str,
         not_found_hint: str,
-        headers: dict[str, str] | None = None,
         hints: dict[str, str] | None = None,
     ) -> None:
         self.engine = engine
@@ -217,7 +216,8 @@ class HttpStream:
         # The reader's own read timeout is a backstop: the caller's deadline (timeout_s for the whole call) fires
         # first and reports the timeout.
         timeout = httpx.Timeout(settings.timeout_s + 1.0, connect=settings.connect_timeout_s)
-        self.client = httpx.Client(timeout=timeout, headers=headers or {})
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
 
     def url(self, path: str) -> str:
         return self.endpoint + path

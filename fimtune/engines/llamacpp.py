@@ -42,13 +42,11 @@ class LlamaCppEngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         self.http = HttpStream(
             "llamacpp",
             settings,
             DEFAULT_ENDPOINT,
             not_found_hint="Set model to one the server lists at GET /models, or leave it empty",
-            headers=headers,
             hints={
                 "infill is not supported": (
                     "The GGUF has no FIM tokens: serve a base model trained with FIM (e.g. Qwen2.5-Coder), merged "

@@ -36,7 +36,6 @@ class OpenAIEngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         self.http = HttpStream(
             "openai",
             settings,
@@ -45,7 +44,6 @@ class OpenAIEngine:
                 f"Set model to a name the server lists at GET {_models_url(settings, DEFAULT_ENDPOINT)} "
                 "(with vLLM --enable-lora, the NAME given in --lora-modules NAME=PATH)"
             ),
-            headers=headers,
         )
         # Accept the base URL with or without the /v1 that OpenAI client libraries expect.
         self.path = "/completions" if self.http.endpoint.endswith("/v1") else "/v1/completions"
