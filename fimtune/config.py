@@ -165,6 +165,9 @@ class SpanConfig:
     # also gets syntax middles from its top-level items that parsed without errors (C/C++ macros often break
     # the parse of one function; the rest of the file is still good syntax).
     syntax_in_files_with_errors: bool = True
+    # Syntax middles are looked for in windows of this many bytes, one per example, spread evenly over the file:
+    # a uniform sample of every candidate, for a fraction of the query's cost. 0 looks at the whole file.
+    query_bytes_per_example: int = 512
 
 
 @dataclass
@@ -224,6 +227,8 @@ class CorpusConfig:
             raise ConfigError(f"dedup.threshold: must be in (0, 1], not {self.dedup.threshold}")
         if any(w < 0 for w in self.spans.mix.values()) or sum(self.spans.mix.values()) <= 0:
             raise ConfigError("spans.mix: weights must be non-negative and not all zero")
+        if (q := self.spans.query_bytes_per_example) < 0:
+            raise ConfigError(f"spans.query_bytes_per_example: must be 0 (whole files) or more, not {q}")
         if self.shard_examples < 1:
             raise ConfigError("shard_examples: must be at least 1")
 

@@ -5,11 +5,22 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import tree_sitter as ts
 
 from fimtune.config import ConfigError, SpanConfig
-from fimtune.corpus.spans import LINE_KINDS, SpanResult, choose_spans, examples_for_size, syntax_candidates
-from fimtune.languages import LANGUAGES, get_query
+from fimtune.corpus.spans import (
+    LINE_KINDS,
+    MAX_WINDOWS,
+    SpanResult,
+    _sibling_statements,
+    choose_spans,
+    examples_for_size,
+    query_windows,
+    syntax_candidates,
+)
+from fimtune.languages import LANGUAGES, get_query, parse
 from fimtune.records import FimExample, SourceFile, Span
 
 SYNTAX_KINDS = ("statement", "statements", "block", "call_args", "condition", "assignment_rhs")
@@ -341,3 +352,105 @@ def test_empty_and_whitespace_files() -> None:
 def test_bad_caps_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="max_middle_bytes"):
         choose_spans(_source("python", "x = 1\n"), SpanConfig(max_middle_bytes=0), random.Random(0))
+
+
+# --- windows: syntax middles from a uniform sample of the file -------------------------------------------------
+
+
+def _big_python(functions: int = 150) -> str:
+    """A file well over the windows' reach, with every syntax kind many times."""
+    return "".join(
+        f"def f{i}(x, y):\n    a = g(x, {i})\n    if a > {i}:\n        b = h(a, y)\n        return b\n"
+        f"    c = [a, {i}]\n    return k(c)\n\n\n"
+        for i in range(functions)
+    )
+
+
+def test_query_windows_are_disjoint_and_cover_every_part_of_the_file_alike() -> None:
+    rng = random.Random(0)
+    assert query_windows(100_000, 32, 0, rng) is None  # 0: the whole file
+    assert query_windows(10_000, 20, 512, rng) is None  # the windows would cover the file anyway
+    size, n, width = 100_000, 32, 512
+    covered = np.zeros(size)
+    for seed in range(1000):
+        windows = query_windows(size, n, width, random.Random(seed))
+        assert windows is not None and MAX_WINDOWS <= len(windows) <= 2 * MAX_WINDOWS  # a window may wrap
+        assert sum(b - a for a, b in windows) == n * width
+        assert all(0 <= a < b <= size for a, b in windows)
+        assert all(windows[i][1] <= windows[i + 1][0] for i in range(len(windows) - 1))
+        for a, b in windows:
+            covered[a:b] += 1
+    # Each byte is in a window with the same chance (n * width / size): no part of the file is favoured.
+    share = covered.reshape(50, -1).mean(axis=1) / 1000
+    assert np.allclose(share, n * width / size, atol=0.03), share
+
+
+def test_windowed_middles_are_candidates_of_their_kind_and_keep_the_mix() -> None:
+    source = _source("python", _big_python())
+    windowed, whole = SpanConfig(), SpanConfig(query_bytes_per_example=0)
+    n = examples_for_size(len(source.data), windowed)
+    assert query_windows(len(source.data), n, windowed.query_bytes_per_example, random.Random(0)) is not None
+    candidates = {kind: {(s.start, s.end) for s in spans} for kind, spans in syntax_candidates(source, whole).items()}
+    counts: dict[str, dict[str, int]] = {"windowed": {}, "whole": {}}
+    for seed in range(120):
+        for name, cfg in (("windowed", windowed), ("whole", whole)):
+            result = choose_spans(source, cfg, random.Random(seed))
+            _check_result(source, result, cfg)
+            for span in result.spans:
+                counts[name][span.kind] = counts[name].get(span.kind, 0) + 1
+                if name == "windowed" and span.kind in candidates:
+                    assert (span.start, span.end) in candidates[span.kind], span
+    total = {name: sum(c.values()) for name, c in counts.items()}
+    assert total["windowed"] == total["whole"]
+    for kind in ALL_KINDS:
+        share = {name: counts[name].get(kind, 0) / total[name] for name in counts}
+        assert share["windowed"] > 0, kind
+        assert abs(share["windowed"] - share["whole"]) < 0.02, (kind, share)
+
+
+def test_statement_runs_continue_past_a_window_with_the_siblings_a_full_query_finds() -> None:
+    c_functions = "\n".join(SAMPLES["c"].replace("f(", f"f{i}(") for i in range(20))
+    for language, text in (("python", _big_python(20)), ("c", c_functions)):
+        source = _source(language, text)
+        tree = parse(language, source.data)
+        query = get_query(language, "spans")
+        assert query is not None
+        statements = ts.QueryCursor(query).captures(tree.root_node)["statement"]
+        ids = {node.id for node in statements}
+        for first in statements:
+            limit = first.start_byte + 2000
+            expected = set()
+            node = first.next_named_sibling
+            while node is not None:
+                if node.start_byte < limit and node.id in ids:
+                    expected.add(node.id)
+                node = node.next_named_sibling
+            assert _sibling_statements(query, first, limit) == expected
+
+
+def test_windowed_files_with_errors_still_take_syntax_middles_only_from_clean_items() -> None:
+    broken = "MACRO_BEGIN(x) {\n  int a = 1 +;\n}\n\n"
+    clean = "".join(SAMPLES["c"].replace("f(", f"f{i}(") for i in range(60))
+    source = _source("c", broken + clean + broken)
+    cfg = SpanConfig()
+    n = examples_for_size(len(source.data), cfg)
+    assert query_windows(len(source.data), n, cfg.query_bytes_per_example, random.Random(0)) is not None
+    kinds: set[str] = set()
+    for seed in range(40):
+        result = choose_spans(source, cfg, random.Random(seed))
+        assert not result.parse_ok
+        _check_result(source, result, cfg)
+        for span in result.spans:
+            kinds.add(span.kind)
+            if span.kind not in LINE_KINDS:
+                assert len(broken) <= span.start and span.end <= len(broken) + len(clean), span
+    assert {"statement", "statements", "condition", "call_args", "block"} <= kinds
+
+
+def test_query_bytes_per_example_must_not_be_negative() -> None:
+    from fimtune.config import CorpusConfig
+
+    cfg = CorpusConfig(repos=["r"], out="o")
+    cfg.spans.query_bytes_per_example = -1
+    with pytest.raises(ConfigError, match=r"spans\.query_bytes_per_example"):
+        cfg.validate()

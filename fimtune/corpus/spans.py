@@ -30,6 +30,7 @@ BLOCK_KIND = "block"
 STATEMENT_KIND = "statement"
 STATEMENTS_KIND = "statements"
 MIN_RUN, MAX_RUN = 2, 4
+MAX_WINDOWS = 8  # query_windows: at most this many windows per file (each costs a descent from the root)
 
 _PAIRS = {"(": ")", "{": "}", "[": "]"}
 _WS = b" \t\r\n\f\v"
@@ -75,8 +76,16 @@ def choose_spans(
         tree = parse(source.language, data)
     parse_ok = not tree.root_node.has_error
     text = _Text(data, cfg)
-    pools = _pools(text, _syntax_nodes(source.language, tree, cfg))
     n = examples_for_size(len(data), cfg)
+    windows = query_windows(len(data), n, cfg.query_bytes_per_example, rng)
+    statements_from = None
+    if windows is not None:
+        query = get_query(source.language, "spans")
+
+        def statements_from(first: ts.Node) -> set[int]:
+            return _sibling_statements(query, first, first.start_byte + cfg.max_middle_bytes)
+
+    pools = _pools(text, _syntax_nodes(source.language, tree, cfg, windows), windows, statements_from)
     kinds = [k for k, w in cfg.mix.items() if w > 0 and k in pools]
     # rng.choices(kinds, weights)[0], inlined: the same cumulative weights and the same one rng.random() call.
     cum_weights = list(accumulate(cfg.mix[k] for k in kinds))
@@ -96,6 +105,32 @@ def choose_spans(
             chosen[span] = kind
     spans = sorted((Span(a, b, k) for (a, b), k in chosen.items()), key=lambda s: (s.start, s.end, s.kind))
     return SpanResult(spans, parse_ok)
+
+
+def query_windows(size: int, n: int, per_example: int, rng: random.Random) -> list[tuple[int, int]] | None:
+    """Where to look for syntax middles in a file of `size` bytes that yields n: None for the whole file, or
+    sorted, disjoint windows [a, b) covering n * per_example bytes, spread evenly over the file.
+
+    The file is cut into at most MAX_WINDOWS equal strata, each holding one window at a uniform offset that
+    wraps around the stratum's end (so a window may come in two pieces). Every byte is then in a window with the
+    same probability, and the syntax candidates found (a node is found when it starts in a window) are a
+    uniform sample of all of them: every kind keeps its share. The query pass over a whole file costs about
+    half its parse, and most of its candidates are never drawn. None when per_example is 0 or the windows
+    would cover the file anyway.
+    """
+    if per_example <= 0 or n * per_example >= size:
+        return None
+    count = min(n, MAX_WINDOWS)
+    width = n * per_example // count
+    windows: list[tuple[int, int]] = []
+    for k in range(count):
+        lo, hi = k * size // count, (k + 1) * size // count
+        a = lo + rng.randrange(hi - lo)
+        if a + width <= hi:
+            windows.append((a, a + width))
+        else:
+            windows += [(lo, lo + a + width - hi), (a, hi)]
+    return windows
 
 
 def syntax_candidates(source: SourceFile, cfg: SpanConfig) -> dict[str, list[Span]]:
@@ -189,17 +224,50 @@ class _Text:
 # --- candidates: one query pass, resolved lazily ---------------------------------------------------------------
 
 
-def _syntax_nodes(language: str, tree: ts.Tree, cfg: SpanConfig) -> dict[str, list[ts.Node]]:
+def _syntax_nodes(
+    language: str, tree: ts.Tree, cfg: SpanConfig, windows: list[tuple[int, int]] | None = None
+) -> dict[str, list[ts.Node]]:
     """The captured nodes syntax middles may come from: all of them, some or none when the tree has errors."""
     if not tree.root_node.has_error:
-        return _captures(language, tree)
+        return _captures(language, tree, windows=windows)
     if cfg.syntax_in_files_with_errors:
-        return _captures(language, tree, clean_only=True)
+        return _captures(language, tree, clean_only=True, windows=windows)
     return {}
 
 
-def _captures(language: str, tree: ts.Tree, clean_only: bool = False) -> dict[str, list[ts.Node]]:
-    """One pass of the language's spans query over the whole tree: span kind -> nodes.
+def _query_nodes(query: ts.Query, tree: ts.Tree, windows: list[tuple[int, int]] | None) -> dict[str, list[ts.Node]]:
+    """The query's captures over the whole tree, or of the nodes that start inside one of the windows."""
+    cursor = ts.QueryCursor(query)
+    if windows is None:
+        return cursor.captures(tree.root_node)
+    found: dict[str, list[ts.Node]] = {}
+    for a, b in windows:
+        cursor.set_byte_range(a, b)  # every node that overlaps [a, b): keep those that start in it
+        for kind, nodes in cursor.captures(tree.root_node).items():
+            found.setdefault(kind, []).extend(node for node in nodes if a <= node.start_byte < b)
+    return found
+
+
+def _sibling_statements(query: ts.Query | None, first: ts.Node, limit: int) -> set[int]:
+    """The ids of the @statement nodes among `first`'s later siblings that start before `limit`.
+
+    Only the parent's own children are matched (start depth 1), over the bytes after `first`, so this costs
+    a few microseconds however big the file. Siblings with errors in them are left out, as _captures'
+    clean_only leaves them out.
+    """
+    parent = first.parent
+    if query is None or parent is None or limit <= first.end_byte:
+        return set()
+    cursor = ts.QueryCursor(query)
+    cursor.set_max_start_depth(1)
+    cursor.set_byte_range(first.end_byte, limit)
+    return {node.id for node in cursor.captures(parent).get(STATEMENT_KIND, ()) if not node.has_error}
+
+
+def _captures(
+    language: str, tree: ts.Tree, clean_only: bool = False, windows: list[tuple[int, int]] | None = None
+) -> dict[str, list[ts.Node]]:
+    """One pass of the language's spans query over the whole tree, or over the windows: span kind -> nodes.
 
     The order of the nodes is not stable from run to run (QueryCursor.captures does not order nested captures
     reliably): sort with _NODE_ORDER before any random choice. clean_only keeps only nodes inside top-level items
@@ -209,7 +277,7 @@ def _captures(language: str, tree: ts.Tree, clean_only: bool = False) -> dict[st
     query = get_query(language, "spans")
     if query is None:
         return {}
-    found = ts.QueryCursor(query).captures(tree.root_node)
+    found = _query_nodes(query, tree, windows)
     if clean_only:
         clean = [(item.start_byte, item.end_byte) for item in tree.root_node.children if not item.has_error]
         starts = [a for a, _ in clean]
@@ -265,8 +333,19 @@ def _sorted_nodes(nodes: list[Any]) -> list[Any]:
     return nodes
 
 
-def _pools(text: _Text, nodes: dict[str, list[ts.Node]]) -> dict[str, _Pool]:
-    """A pool per kind that has candidates in this file (syntax kinds only for the captured ones)."""
+def _pools(
+    text: _Text,
+    nodes: dict[str, list[ts.Node]],
+    windows: list[tuple[int, int]] | None = None,
+    statements_from: Callable[[ts.Node], set[int]] | None = None,
+) -> dict[str, _Pool]:
+    """A pool per kind that has candidates in this file (syntax kinds only for the captured ones).
+
+    With windows (see query_windows), nodes are those that start in a window, and the empty middles at line
+    starts are thinned the same way, so they keep their share against those after a statement.
+    statements_from(first) gives the ids of the statements a run from `first` may continue with, which the
+    windows may have missed; without it, runs continue only with statements in nodes.
+    """
     pools: dict[str, _Pool] = {}
     n_lines = len(text.line_starts)
     if text.data.strip(_WS):
@@ -276,19 +355,34 @@ def _pools(text: _Text, nodes: dict[str, list[ts.Node]]) -> dict[str, _Pool]:
     for kind, found in nodes.items():
         pools[kind] = _Pool(_node_resolver(kind, text), list(found), _sorted_nodes)
     # Empty middles: at a line start, or just after a statement (the code before the cursor is complete).
-    pools["empty"] = _Pool(lambda at, _rng: (at, at), list(text.line_starts))
+    starts = text.line_starts_array if windows is None else _inside(text.line_starts_array, windows)
+    pools["empty"] = _Pool(lambda at, _rng: (at, at), starts.tolist())
     statements = nodes.get(STATEMENT_KIND)
     if statements:
         keys: set[int] = set()  # the statements' node ids, filled on the first draw
 
         def run(node: ts.Node, rng: random.Random) -> tuple[int, int] | None:
+            if statements_from is not None:
+                return _statements(text, node, rng, statements_from(node))
             if not keys:
                 keys.update(map(_ID, statements))
             return _statements(text, node, rng, keys)
 
         pools[STATEMENTS_KIND] = _Pool(run, list(statements), _sorted_nodes)
-        pools["empty"].prepare = lambda _starts: _merge_sorted(text.line_starts_array, map(_END, statements))
+        if len(starts):
+            pools["empty"].prepare = lambda _starts: _merge_sorted(starts, map(_END, statements))
+        else:
+            pools["empty"].items = sorted(set(map(_END, statements)))
+    if not pools["empty"].items:
+        del pools["empty"]
     return pools
+
+
+def _inside(positions: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
+    """The sorted positions that fall in one of the sorted, disjoint windows [a, b)."""
+    bounds = np.array(windows, dtype=positions.dtype).ravel()
+    # A position is inside a window when an odd number of window bounds are at or before it.
+    return positions[np.searchsorted(bounds, positions, side="right") % 2 == 1]
 
 
 def _merge_sorted(starts: np.ndarray, more: Iterable[int]) -> list[int]:
