@@ -23,6 +23,7 @@ from pygls.protocol.language_server import lsp_method
 from fimtune import __version__
 from fimtune.engines.base import EngineError
 from fimtune.fim_format import FimFormatError
+from fimtune.languages import LANGUAGES
 from lsp_server.completer import Answer, Completer, Cursor, fimtune_language
 from lsp_server.documents import Document, Documents, PositionError, uri_to_path
 from lsp_server.engine_host import EngineHost, context_config
@@ -236,6 +237,38 @@ def _roots(params: types.InitializeParams) -> list[str]:
     return []
 
 
+WATCH_REGISTRATION_ID = "fimtune-source-files"
+
+
+def source_files_glob() -> str:
+    """One glob for every file extension fimtune indexes: **/*.{py,pyi,js,...}."""
+    extensions = sorted({ext.lstrip(".") for spec in LANGUAGES.values() for ext in spec.extensions})
+    return "**/*.{" + ",".join(extensions) + "}"
+
+
+def watch_source_files(ls: FimtuneServer) -> None:
+    """Ask the client to report source files created, changed or deleted outside the editor (a git checkout, a
+    code generator), so cross-file context follows the disk. Only clients that allow dynamic registration of
+    workspace/didChangeWatchedFiles can be asked; without it, files are re-read when opened, saved or closed."""
+    workspace = ls.client_capabilities.workspace
+    watched = workspace.did_change_watched_files if workspace is not None else None
+    if watched is None or not watched.dynamic_registration:
+        log.info("the client cannot watch files for the server: context follows open, saved and closed files only")
+        return
+    options = types.DidChangeWatchedFilesRegistrationOptions(
+        watchers=[types.FileSystemWatcher(glob_pattern=source_files_glob())]
+    )
+    registration = types.Registration(
+        id=WATCH_REGISTRATION_ID, method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options
+    )
+
+    def done(future: Any) -> None:
+        if future.exception() is not None:
+            log.warning("the client refused to watch source files: %s", future.exception())
+
+    ls.client_register_capability(types.RegistrationParams(registrations=[registration])).add_done_callback(done)
+
+
 def create_server(defaults: Settings | None = None) -> FimtuneServer:
     """A server whose settings start from `defaults` (the command line's); clients override them."""
     server = FimtuneServer(defaults or Settings())
@@ -254,6 +287,7 @@ def create_server(defaults: Settings | None = None) -> FimtuneServer:
     @server.feature(types.INITIALIZED)
     def initialized(ls: FimtuneServer, params: types.InitializedParams) -> None:
         ls.start(roots)
+        watch_source_files(ls)
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: FimtuneServer, params: None) -> None:
@@ -270,6 +304,12 @@ def create_server(defaults: Settings | None = None) -> FimtuneServer:
         current = [uri_to_path(f.uri) for f in (ls.workspace.folders or {}).values()]
         if ls.index is not None:
             ls.index.set_roots(current)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched_files(ls: FimtuneServer, params: types.DidChangeWatchedFilesParams) -> None:
+        if ls.index is not None:
+            for change in params.changes:
+                ls.index.on_disk(uri_to_path(change.uri))
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: FimtuneServer, params: types.DidOpenTextDocumentParams) -> None:

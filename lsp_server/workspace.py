@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from fimtune.config import ContextConfig, WalkConfig
 from fimtune.context import FileIndex, RepoIndex, index_file
-from fimtune.corpus.walk import WalkItem, read_file, walk_repo
+from fimtune.corpus.walk import WalkItem, classify, read_file, walk_repo
 from fimtune.languages import LANGUAGES
 from fimtune.records import Snippet, SourceFile
 
@@ -152,6 +152,16 @@ class WorkspaceIndex:
         self._open.discard(path)
         self.refresh(path, language or "", None, delay=0.0)
 
+    def on_disk(self, path: str) -> None:
+        """The file at `path` was created, changed or deleted outside the editor (workspace/didChangeWatchedFiles).
+
+        An open document's live text wins over the disk; a file outside every folder is not indexed from disk.
+        Files the folder's walk would skip (ignored, vendored, too large) are dropped from the index.
+        """
+        if path in self._open or not self._folder_of(path).root:
+            return
+        self.refresh(path, None, None, delay=0.0)
+
     def refresh(self, path: str, language: str | None, text: str | None, delay: float = 0.0) -> None:
         """Queue a re-index of `path` from `text` (None: from disk) after `delay` seconds; the latest wins."""
         with self._cond:
@@ -253,16 +263,18 @@ class WorkspaceIndex:
             with folder.lock:
                 folder.index.remove(rel)
             return
-        if text is None:  # from disk
+        if text is None:  # from disk, if the folder's walk would index it
+            item = classify(Path(folder.root), rel, self.walk)
+            data = read_file(Path(folder.root), item, self.walk.max_file_bytes)[0] if item.reason is None else None
             try:
-                size = os.stat(job.path).st_size
-                if size > self.walk.max_file_bytes or language not in LANGUAGES:
-                    raise OSError("not indexed")
-                text = Path(job.path).read_bytes().decode("utf-8")
-            except (OSError, UnicodeDecodeError):
+                text = data.decode("utf-8") if data is not None else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None or item.language is None:
                 with folder.lock:
                     folder.index.remove(rel)
                 return
+            language = item.language
         if language not in LANGUAGES:
             return
         fi = index_file(SourceFile(folder.name, rel, language, _head(text)), self.cfg)

@@ -60,10 +60,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 async def client(request: pytest.FixtureRequest, lsp_client: LanguageClient, workspace: Path) -> Any:
     lsp_client.statuses = []  # type: ignore[attr-defined]
+    lsp_client.kind = request.param  # type: ignore[attr-defined]
+    lsp_client.registrations = []  # type: ignore[attr-defined]
 
     @lsp_client.feature("fimtune/status")
     def on_status(params: Any) -> None:
         lsp_client.statuses.append(plain(params))  # type: ignore[attr-defined]
+
+    @lsp_client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def on_register(params: types.RegistrationParams) -> None:
+        lsp_client.registrations.extend(params.registrations)  # type: ignore[attr-defined]
 
     lsp_client.init_result = await lsp_client.initialize_session(  # type: ignore[attr-defined]
         types.InitializeParams(
@@ -443,6 +449,56 @@ async def test_context_from_workspace_files(client: LanguageClient, workspace: P
     await configure(client, context={"enabled": False})
     p = await prompt_at(client, uri, 2, 4)
     assert p["context"] == []
+
+
+async def test_context_follows_files_changed_outside_the_editor(client: LanguageClient, workspace: Path) -> None:
+    """A file written, then deleted, by something other than the editor (a git checkout), reported through
+    workspace/didChangeWatchedFiles: the context picks it up, then lets it go; ignored folders stay out."""
+    watch = [r for r in client.registrations if r.method == types.WORKSPACE_DID_CHANGE_WATCHED_FILES]  # type: ignore[attr-defined]
+    if client.kind == "visual-studio-code":  # type: ignore[attr-defined]  # allows dynamic registration
+        assert [r.id for r in watch] == ["fimtune-source-files"]
+        pattern = plain(watch[0].register_options)["watchers"][0]["globPattern"]  # untyped on the client side
+        assert pattern.startswith("**/*.{") and ",py," in pattern and ",rs," in pattern
+    else:  # Neovim's capabilities on Linux do not: nothing is registered, notifications are still handled
+        assert watch == []
+    await configure(client)
+    deadline = time.monotonic() + 20
+    while not (await stats(client))["index"].get("ready"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    name = f"gadgets_{uuid.uuid4().hex[:6]}"
+    code = f"def {name}_assemble(sprocket_torque, flange_radius):\n    return sprocket_torque / flange_radius\n" * 3
+    text = (
+        f"def build(sprocket_torque, flange_radius):\n    value = {name}_assemble(sprocket_torque, flange_radius)\n    "
+    )
+    uri = open_doc(client, workspace, text)
+
+    async def context_paths(expect: bool) -> list[str]:
+        deadline = time.monotonic() + 10
+        while True:
+            paths = [c["path"] for c in (await prompt_at(client, uri, 2, 4))["context"]]
+            if (f"{name}.py" in paths) == expect or time.monotonic() > deadline:
+                return paths
+            await asyncio.sleep(0.05)
+
+    def report(kind: types.FileChangeType, *paths: Path) -> None:
+        client.workspace_did_change_watched_files(
+            types.DidChangeWatchedFilesParams(changes=[types.FileEvent(uri=p.as_uri(), type=kind) for p in paths])
+        )
+
+    ignored = workspace / "node_modules" / f"{name}.py"
+    ignored.parent.mkdir(exist_ok=True)
+    ignored.write_text(code)
+    created = workspace / f"{name}.py"
+    created.write_text(code)
+    report(types.FileChangeType.Created, ignored, created)  # applied in that order
+    paths = await context_paths(True)
+    assert f"{name}.py" in paths
+    assert f"node_modules/{name}.py" not in paths  # the folder's walk skips node_modules
+
+    created.unlink()
+    report(types.FileChangeType.Deleted, created)
+    assert f"{name}.py" not in await context_paths(False)
 
 
 async def test_disabled_language_gets_nothing(client: LanguageClient, workspace: Path) -> None:

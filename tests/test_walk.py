@@ -281,3 +281,46 @@ def test_hostile_repository_walk(tmp_path: Path) -> None:
     assert set(got) == set(expected)
     for path, want in expected.items():
         assert got[path] == ("read" if want in content_reasons else want), path
+
+
+def test_classify_one_file_agrees_with_the_walk(tmp_path: Path) -> None:
+    """What the server asks when the editor reports a file changed on disk: the walk's verdict, for one file."""
+    root = tmp_path / "repo"
+    make(
+        root,
+        {
+            ".gitignore": "*.log.py\nstage/\n",
+            "pkg/.gitignore": "!keep.log.py\n/local.py\n",
+            ".fimtuneignore": "fixtures/\n",
+            "main.py": CODE,
+            "drop.log.py": CODE,
+            "pkg/keep.log.py": CODE,
+            "pkg/local.py": CODE,
+            "pkg/deep/local.py": CODE,
+            "stage/gen.py": CODE,
+            "fixtures/f.py": CODE,
+            "node_modules/m/index.js": "x\n",
+            "src/app.ts": "export const x = 1;\n",
+            "src/notes.txt": "x\n",
+            "package-lock.json": "{}\n",
+            ".env": "A=1\n",
+            "big.py": "x = 1\n" * 100,
+        },
+    )
+    os.symlink("../pkg", root / "src" / "pkg_link")
+    os.symlink("app.ts", root / "src" / "alias.ts")
+    os.symlink(tmp_path, root / "out")
+    cfg = WalkConfig(max_file_bytes=500)
+    walked = {it.path: it for it in walk_repo(root, cfg, [])}
+    files = [
+        str(p.relative_to(root)) for p in root.rglob("*") if (p.is_file() or p.is_symlink()) and ".git" not in p.parts
+    ]
+    assert len(files) > 15
+    for rel in files:
+        item = walk_mod.classify(root, rel, cfg)
+        assert item == walked[item.path], rel  # the file's own item, or that of the folder that prunes it
+        assert item.path == rel or rel.startswith(item.path + "/")
+    assert walk_mod.classify(root, "pkg/deep/local.py", cfg).reason is None
+    assert walk_mod.classify(root, "stage/gen.py", cfg) == WalkItem("stage", None, "ignored_dir")
+    assert walk_mod.classify(root, "gone.py", cfg) == WalkItem("gone.py", None, "missing")
+    assert walk_mod.classify(root, "no/such/dir.py", cfg) == WalkItem("no/such/dir.py", None, "missing")

@@ -152,6 +152,42 @@ def walk_repo(root: Path, cfg: WalkConfig, languages: Collection[str]) -> Iterat
             frames.append(_Frame(rel + "/", real, iter(listing), rules.push_ignores(entry.path, rel + "/")))
 
 
+def classify(root: Path, rel: str, cfg: WalkConfig, languages: Collection[str] = ()) -> WalkItem:
+    """What walk_repo(root) would say of the one file at `rel` ('/'-separated, inside root), without walking
+    the rest: the same folder pruning, ignore files along the way, symlink and size rules. "missing" when the
+    file (or a folder on its way) is not there, as after a delete.
+
+    Where walk_repo yields a pruned folder instead of its files, the item names that folder and its reason.
+    """
+    root = Path(root)
+    rules = _Rules(cfg, languages)
+    rules.push_ignores(str(root), "")
+    *folders, name = rel.split("/")
+    folder, prefix = str(root), ""
+    for part in folders:
+        sub = prefix + part
+        folder = os.path.join(folder, part)
+        if part in rules.skip_dirs:
+            return WalkItem(sub, None, "skipped_dir")
+        if rules.ignored(sub, is_dir=True):
+            return WalkItem(sub, None, "ignored_dir")
+        if os.path.islink(folder):  # walk_repo walks a linked folder's target as itself, never through the link
+            return WalkItem(sub, None, "symlink_duplicate")
+        prefix = sub + "/"
+        rules.push_ignores(folder, prefix)
+    try:
+        with os.scandir(folder) as it:
+            entry = next((e for e in it if e.name == name), None)
+    except OSError:
+        entry = None
+    if entry is None:
+        return WalkItem(rel, None, "missing")
+    item, _descend = _classify(
+        entry, rel, _Frame(prefix, os.path.realpath(folder), iter(()), 0), os.path.realpath(root), rules
+    )
+    return item if item is not None else WalkItem(rel, None, "not_regular_file")  # a folder
+
+
 def _classify(
     entry: os.DirEntry[str], rel: str, frame: _Frame, root_real: str, rules: _Rules
 ) -> tuple[WalkItem | None, bool]:
