@@ -54,8 +54,13 @@ class PromptSpec:
         model_type: str | None = None,
         budgets: Budgets | None = None,
         context: ContextConfig | None = None,
+        context_limit: int | None = None,
     ) -> PromptSpec:
-        """A base model without a run: the template named, or detected from its tokenizer (`auto`)."""
+        """A base model without a run: the template named, or detected from its tokenizer (`auto`).
+
+        context_limit: the longest sequence the model takes (its config's max_position_embeddings); default
+        budgets shrink to fit it, as training does with a shorter --seq-len.
+        """
         tok = as_fim_tokenizer(tokenizer) if tokenizer is not None else None
         if template == "auto":
             if tok is None:
@@ -64,7 +69,11 @@ class PromptSpec:
         t = get_template(template)
         if tok is not None:
             check_tokenizer(t, tok)
-        return cls(t, budgets or Budgets(), context or ContextConfig(), tok)
+        if budgets is None:
+            budgets = Budgets()
+            if context_limit is not None and context_limit < budgets.max_tokens:
+                budgets = Budgets(max_tokens=context_limit, max_middle_tokens=min(256, context_limit // 4))
+        return cls(t, budgets, context or ContextConfig(), tok)
 
     def render(self, request: FimRequest | FimExample, middle: str | None = None) -> Rendered:
         return render(self.template, request, middle, self.tokenizer, self.budgets)

@@ -337,6 +337,35 @@ def test_bad_input_is_one_actionable_line(corpus: Path, tmp_path: Path) -> None:
     msg = run_cmd("--corpus", str(corpus), "--base-model", str(plain), *common, "--template", "qwen2.5-coder")
     assert "does not fit" in msg
 
+    # A base that takes shorter sequences than --seq-len (GPT-2 style n_positions): refused before loading.
+    short = tmp_path / "short"
+    build_tiny_model(short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 128}))
+    msg = run_cmd("--corpus", str(corpus), "--base-model", str(short), *common)
+    assert "--seq-len 256 is longer than" in msg and "128 tokens" in msg and "--seq-len 128 or less" in msg
+
+
+def test_context_limit_and_base_budgets_follow_the_model_config(tmp_path: Path) -> None:
+    from fimtune.prompting import PromptSpec
+    from fimtune.train.model import context_limit
+
+    for config, limit in (
+        ({"max_position_embeddings": 4096}, 4096),
+        ({"n_positions": 1024}, 1024),  # GPT-2
+        ({"seq_length": 8192}, 8192),
+        ({"model_type": "x"}, None),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert context_limit(tmp_path) == limit
+    assert context_limit(tmp_path / "missing") is None
+    assert PromptSpec.for_base("starcoder", context_limit=None).budgets == Budgets()
+    assert PromptSpec.for_base("starcoder", context_limit=16384).budgets == Budgets()  # more room: defaults stay
+    small = PromptSpec.for_base("starcoder", context_limit=512).budgets
+    assert (small.max_tokens, small.max_middle_tokens) == (512, 128)
+    given = Budgets(max_tokens=4096)
+    assert PromptSpec.for_base("starcoder", budgets=given, context_limit=512).budgets is given  # asked for
+
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(corpus: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from fimtune.fim_format import FimFormatError, get_template, prompt_ids
 from fimtune.prompting import PromptSpec
 from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta
 from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
-from fimtune.train.model import ModelError, load_tokenizer, model_type_of, resolve_base_model
+from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -169,7 +169,8 @@ class LocalEngine:
                         f"it cannot be prompted with {template!r} (leave the template on auto)"
                     )
                 return PromptSpec.from_run(self.run, self.fim_tokenizer)
-            return PromptSpec.for_base(template, self.fim_tokenizer, self.model_type)
+            limit = context_limit(self.base_path)
+            return PromptSpec.for_base(template, self.fim_tokenizer, self.model_type, context_limit=limit)
         except (FimFormatError, RunMetaError) as e:
             raise EngineError(f"local engine: {e}") from None
 

@@ -121,7 +121,7 @@ def pick(examples: list[FimExample], limit: int, seed: int) -> list[FimExample]:
 def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
     """The PromptSpec for an engine that holds no tokenizer (HTTP, fixed): the run's fimtune.json with the
     tokenizer training saved beside it, or the base model's template and tokenizer."""
-    from fimtune.train.model import ModelError, load_tokenizer, model_type_of, resolve_base_model
+    from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
 
     try:
         if cfg.run:
@@ -133,7 +133,9 @@ def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
             log.warning("no tokenizer in %s or at %s: prompt budgets are estimates", run, meta.base_model_path)
             return PromptSpec.from_run(run)
         path = resolve_base_model(cfg.base_model)
-        return PromptSpec.for_base(cfg.template, load_tokenizer(path), model_type_of(path))
+        return PromptSpec.for_base(
+            cfg.template, load_tokenizer(path), model_type_of(path), context_limit=context_limit(path)
+        )
     except (ModelError, RunMetaError, FimFormatError) as e:
         raise EvalError(str(e)) from None
 

@@ -212,6 +212,23 @@ def model_type_of(path: Path) -> str:
         raise ModelError(f"{path / 'config.json'} is not a model config ({e})") from None
 
 
+# Where model configs keep the longest sequence they take, by family (the first one present counts).
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_limit(path: Path) -> int | None:
+    """The longest sequence (in tokens) the model at `path` takes, from its config.json; None when it says not."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for key in _CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def pick_attention(requested: str, on_gpu: bool) -> str:
     """flash_attention_2 when asked or (auto) when flash-attn is installed and a GPU is used; else sdpa."""
     has_flash = importlib.util.find_spec("flash_attn") is not None

@@ -27,6 +27,7 @@ from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
 from fimtune.train.model import (
     check_vocab_fits,
+    context_limit,
     load_base_model,
     load_tokenizer,
     lora_config,
@@ -170,6 +171,12 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     # 2. Base model's tokenizer and template: never add tokens to it.
     base_path = resolve_base_model(cfg.base_model)
+    limit = context_limit(base_path)
+    if limit is not None and cfg.seq_len > limit:
+        raise TrainError(
+            f"--seq-len {cfg.seq_len} is longer than base model {cfg.base_model} takes ({limit} tokens, "
+            f"{base_path / 'config.json'}); use --seq-len {limit} or less"
+        )
     tokenizer = load_tokenizer(base_path)
     model_type = model_type_of(base_path)
     try:
