@@ -256,14 +256,18 @@ def watch_source_files(ls: FimtuneServer) -> None:
         log.info("the client cannot watch files for the server: context follows open, saved and closed files only")
         return
     options = types.DidChangeWatchedFilesRegistrationOptions(
-        watchers=[types.FileSystemWatcher(glob_pattern=source_files_glob())]
+        watchers=[
+            types.FileSystemWatcher(glob_pattern=source_files_glob()),
+            # A deleted folder is one event for the folder itself, which the source glob does not match.
+            types.FileSystemWatcher(glob_pattern="**/*", kind=types.WatchKind.Delete),
+        ]
     )
     registration = types.Registration(
         id=WATCH_REGISTRATION_ID, method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options
     )
 
     def done(future: Any) -> None:
-        if future.exception() is not None:
+        if not future.cancelled() and future.exception() is not None:
             log.warning("the client refused to watch source files: %s", future.exception())
 
     ls.client_register_capability(types.RegistrationParams(registrations=[registration])).add_done_callback(done)
@@ -309,7 +313,7 @@ def create_server(defaults: Settings | None = None) -> FimtuneServer:
     def did_change_watched_files(ls: FimtuneServer, params: types.DidChangeWatchedFilesParams) -> None:
         if ls.index is not None:
             for change in params.changes:
-                ls.index.on_disk(uri_to_path(change.uri))
+                ls.index.on_disk(uri_to_path(change.uri), deleted=change.type == types.FileChangeType.Deleted)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: FimtuneServer, params: types.DidOpenTextDocumentParams) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from fimtune.config import ContextConfig, WalkConfig
 from fimtune.context import FileIndex, RepoIndex, index_file
 from fimtune.corpus.walk import WalkItem, classify, read_file, walk_repo
-from fimtune.languages import LANGUAGES
+from fimtune.languages import LANGUAGES, language_for_path
 from fimtune.records import Snippet, SourceFile
 
 log = logging.getLogger("lsp_server.workspace")
@@ -98,7 +98,8 @@ class WorkspaceIndex:
         self.workers = workers
         self._folders: dict[str, _Folder] = {"": _Folder("", "", RepoIndex(cfg), ready=True)}
         self._cond = threading.Condition()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}  # the latest job per path
+        self._due: list[_Pending] = []  # every job queued, a heap by due time; replaced ones are skipped
         self._builds: list[str] = []  # roots waiting for their first build
         self._open: set[str] = set()  # absolute paths of open documents (their live text wins over disk)
         self._stop = False
@@ -152,20 +153,30 @@ class WorkspaceIndex:
         self._open.discard(path)
         self.refresh(path, language or "", None, delay=0.0)
 
-    def on_disk(self, path: str) -> None:
+    def on_disk(self, path: str, deleted: bool = False) -> None:
         """The file at `path` was created, changed or deleted outside the editor (workspace/didChangeWatchedFiles).
 
         An open document's live text wins over the disk; a file outside every folder is not indexed from disk.
-        Files the folder's walk would skip (ignored, vendored, too large) are dropped from the index.
+        Files the folder's walk would skip (ignored, vendored, too large) are dropped from the index; so is every
+        file under a deleted folder. Events that cannot concern the index (no source extension, a vendored
+        folder) are dropped here, so an `npm install` does not queue thousands of jobs ahead of the user's edits.
         """
-        if path in self._open or not self._folder_of(path).root:
+        path = os.path.normpath(path)
+        folder = self._folder_of(path)
+        if path in self._open or not folder.root:
             return
+        if not deleted:
+            rel_parts = PurePosixPath(os.path.relpath(path, folder.root)).parts
+            if language_for_path(path) is None or any(part in self.walk.skip_dirs for part in rel_parts[:-1]):
+                return
         self.refresh(path, None, None, delay=0.0)
 
     def refresh(self, path: str, language: str | None, text: str | None, delay: float = 0.0) -> None:
         """Queue a re-index of `path` from `text` (None: from disk) after `delay` seconds; the latest wins."""
+        job = _Pending(time.monotonic() + delay, path, language or "", text)
         with self._cond:
-            self._pending[path] = _Pending(time.monotonic() + delay, path, language or "", text)
+            self._pending[path] = job
+            heapq.heappush(self._due, job)
             self._cond.notify()
 
     def close(self) -> None:
@@ -231,17 +242,17 @@ class WorkspaceIndex:
                 if self._stop:
                     return
                 now = time.monotonic()
-                due = [p for p in self._pending.values() if p.due <= now]
-                if due:
-                    job: _Pending | None = heapq.nsmallest(1, due)[0]
-                    assert job is not None
+                while self._due and self._pending.get(self._due[0].path) is not self._due[0]:
+                    heapq.heappop(self._due)  # replaced by a later job for the same path
+                job: _Pending | None = None
+                if self._due and self._due[0].due <= now:
+                    job = heapq.heappop(self._due)
                     del self._pending[job.path]
                 else:
-                    job = None
                     if build is None and self._builds:
                         build = self._build(self._builds.pop(0))
                     if build is None:
-                        wait = min((p.due for p in self._pending.values()), default=now + 3600) - now
+                        wait = (self._due[0].due if self._due else now + 3600) - now
                         self._cond.wait(timeout=max(0.001, wait))
                         continue
             try:
@@ -273,6 +284,9 @@ class WorkspaceIndex:
             if text is None or item.language is None:
                 with folder.lock:
                     folder.index.remove(rel)
+                    if item.reason == "missing" and language_for_path(rel) is None:  # a deleted folder
+                        for inside in [p for p in folder.index.paths if p.startswith(rel + "/")]:
+                            folder.index.remove(inside)
                 return
             language = item.language
         if language not in LANGUAGES:

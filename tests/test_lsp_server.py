@@ -467,16 +467,21 @@ async def test_context_follows_files_changed_outside_the_editor(client: Language
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     name = f"gadgets_{uuid.uuid4().hex[:6]}"
-    code = f"def {name}_assemble(sprocket_torque, flange_radius):\n    return sprocket_torque / flange_radius\n" * 3
+
+    def code(fn: str) -> str:
+        return f"def {fn}(sprocket_torque, flange_radius):\n    return sprocket_torque / flange_radius\n" * 3
+
+    # The document uses both names: a file defining either would be good context, if the index held it.
     text = (
-        f"def build(sprocket_torque, flange_radius):\n    value = {name}_assemble(sprocket_torque, flange_radius)\n    "
+        f"def build(sprocket_torque, flange_radius):\n    value = {name}_assemble(sprocket_torque, flange_radius)\n"
+        f"    other = {name}_vendored(sprocket_torque, flange_radius)\n    "
     )
     uri = open_doc(client, workspace, text)
 
     async def context_paths(expect: bool) -> list[str]:
         deadline = time.monotonic() + 10
         while True:
-            paths = [c["path"] for c in (await prompt_at(client, uri, 2, 4))["context"]]
+            paths = [c["path"] for c in (await prompt_at(client, uri, 3, 4))["context"]]
             if (f"{name}.py" in paths) == expect or time.monotonic() > deadline:
                 return paths
             await asyncio.sleep(0.05)
@@ -488,9 +493,9 @@ async def test_context_follows_files_changed_outside_the_editor(client: Language
 
     ignored = workspace / "node_modules" / f"{name}.py"
     ignored.parent.mkdir(exist_ok=True)
-    ignored.write_text(code)
+    ignored.write_text(code(f"{name}_vendored"))
     created = workspace / f"{name}.py"
-    created.write_text(code)
+    created.write_text(code(f"{name}_assemble"))
     report(types.FileChangeType.Created, ignored, created)  # applied in that order
     paths = await context_paths(True)
     assert f"{name}.py" in paths

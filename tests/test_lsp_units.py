@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +143,62 @@ def test_languages_and_sections() -> None:
     assert fimtune_language("typescriptreact", "/x/a.tsx") == "tsx"
     assert fimtune_language("plaintext", "/x/a.rs") == "rust"
     assert fimtune_language("ruby", "/x/a.rb") == "ruby"
+
+
+# ---- the workspace index and files changed on disk -----------------------------------------------------------
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_files_changed_on_disk_follow_the_walk_rules(tmp_path: Path) -> None:
+    from fimtune.config import ContextConfig
+    from lsp_server.workspace import WorkspaceIndex
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("def alpha():\n    return 1\n")
+    (tmp_path / "pkg" / "b.py").write_text("def beta():\n    return 2\n")
+    (tmp_path / "main.py").write_text("print(1)\n")
+    index = WorkspaceIndex(ContextConfig())
+    try:
+        index.set_roots([str(tmp_path)])
+        _wait(lambda: bool(index.stats()["ready"]))
+        folder = index._folder_of(str(tmp_path / "main.py"))
+        assert folder.index.paths == ["main.py", "pkg/a.py", "pkg/b.py"]
+
+        # An npm install: thousands of events that cannot concern the index are dropped at once, not queued.
+        for i in range(5000):
+            index.on_disk(str(tmp_path / "node_modules" / "m" / f"f{i}.js"))
+            index.on_disk(str(tmp_path / f"notes{i}.txt"))
+        assert index.stats()["pending"] == 0
+
+        # A new file is read with the walk's rules; one a .gitignore names is not.
+        (tmp_path / ".gitignore").write_text("secret.py\n")
+        (tmp_path / "secret.py").write_text("TOKEN = 1\n")
+        (tmp_path / "new.py").write_text("def gamma():\n    return 3\n")
+        index.on_disk(str(tmp_path / "secret.py"))
+        index.on_disk(str(tmp_path / "pkg" / ".." / "new.py"))  # normalised, not "pkg/../new.py"
+        index.on_disk(str(tmp_path.parent / "outside.py"))  # not in the folder: ignored
+        _wait(lambda: "new.py" in folder.index)
+        _wait(lambda: index.stats()["pending"] == 0)
+        assert folder.index.paths == ["main.py", "new.py", "pkg/a.py", "pkg/b.py"]
+
+        # A deleted folder is one event for the folder: every file under it leaves the index.
+        for name in ("a.py", "b.py"):
+            (tmp_path / "pkg" / name).unlink()
+        (tmp_path / "pkg").rmdir()
+        index.on_disk(str(tmp_path / "pkg"), deleted=True)
+        _wait(lambda: folder.index.paths == ["main.py", "new.py"])
+
+        # An open document's live text wins over the disk.
+        index.opened(str(tmp_path / "main.py"), "python", "def live():\n    return 4\n")
+        (tmp_path / "main.py").unlink()
+        index.on_disk(str(tmp_path / "main.py"), deleted=True)
+        time.sleep(0.2)
+        assert "main.py" in folder.index
+    finally:
+        index.close()

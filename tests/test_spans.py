@@ -369,6 +369,7 @@ def _big_python(functions: int = 150) -> str:
 def test_query_windows_are_disjoint_and_cover_every_part_of_the_file_alike() -> None:
     rng = random.Random(0)
     assert query_windows(100_000, 32, 0, rng) is None  # 0: the whole file
+    assert query_windows(100_000, 0, 512, rng) is None  # no examples from this file: nothing to look for
     assert query_windows(10_000, 20, 512, rng) is None  # the windows would cover the file anyway
     size, n, width = 100_000, 32, 512
     covered = np.zeros(size)
@@ -445,6 +446,13 @@ def test_windowed_files_with_errors_still_take_syntax_middles_only_from_clean_it
             if span.kind not in LINE_KINDS:
                 assert len(broken) <= span.start and span.end <= len(broken) + len(clean), span
     assert {"statement", "statements", "condition", "call_args", "block"} <= kinds
+
+
+def test_a_file_that_yields_no_example() -> None:
+    source = _source("python", "x = 1\n" * 50)  # 300 bytes: round(0.3) examples
+    cfg = SpanConfig(min_examples_per_file=0)
+    assert examples_for_size(len(source.data), cfg) == 0
+    assert choose_spans(source, cfg, random.Random(0)).spans == []
 
 
 def test_query_bytes_per_example_must_not_be_negative() -> None:

@@ -337,7 +337,7 @@ def test_bad_input_is_one_actionable_line(corpus: Path, tmp_path: Path) -> None:
     msg = run_cmd("--corpus", str(corpus), "--base-model", str(plain), *common, "--template", "qwen2.5-coder")
     assert "does not fit" in msg
 
-    # A base that takes shorter sequences than --seq-len (GPT-2 style n_positions): refused before loading.
+    # A base that takes shorter sequences than --seq-len: refused before its weights are loaded.
     short = tmp_path / "short"
     build_tiny_model(short)
     config = json.loads((short / "config.json").read_text())
@@ -355,6 +355,9 @@ def test_context_limit_and_base_budgets_follow_the_model_config(tmp_path: Path) 
         ({"n_positions": 1024}, 1024),  # GPT-2
         ({"seq_length": 8192}, 8192),
         ({"model_type": "x"}, None),
+        ({"max_position_embeddings": 32768, "rope_scaling": {"type": "yarn", "factor": 4.0}}, 131072),  # Qwen2.5
+        ({"max_position_embeddings": 4096, "rope_scaling": None}, 4096),
+        ({"max_position_embeddings": True}, None),  # not a number
     ):
         (tmp_path / "config.json").write_text(json.dumps(config))
         assert context_limit(tmp_path) == limit

@@ -324,3 +324,6 @@ def test_classify_one_file_agrees_with_the_walk(tmp_path: Path) -> None:
     assert walk_mod.classify(root, "stage/gen.py", cfg) == WalkItem("stage", None, "ignored_dir")
     assert walk_mod.classify(root, "gone.py", cfg) == WalkItem("gone.py", None, "missing")
     assert walk_mod.classify(root, "no/such/dir.py", cfg) == WalkItem("no/such/dir.py", None, "missing")
+    (tmp_path / "secret.py").write_text(CODE)  # beside the repository
+    for odd in ("../secret.py", "pkg/../main.py", "./main.py", "pkg//local.py", "/etc/passwd.py", ""):
+        assert walk_mod.classify(root, odd, cfg).reason == "not_inside_repo", odd

@@ -115,10 +115,10 @@ def query_windows(size: int, n: int, per_example: int, rng: random.Random) -> li
     wraps around the stratum's end (so a window may come in two pieces). Every byte is then in a window with the
     same probability, and the syntax candidates found (a node is found when it starts in a window) are a
     uniform sample of all of them: every kind keeps its share. The query pass over a whole file costs about
-    half its parse, and most of its candidates are never drawn. None when per_example is 0 or the windows
+    half its parse, and most of its candidates are never drawn. None when per_example or n is 0, or the windows
     would cover the file anyway.
     """
-    if per_example <= 0 or n * per_example >= size:
+    if per_example <= 0 or n <= 0 or n * per_example >= size:
         return None
     count = min(n, MAX_WINDOWS)
     width = n * per_example // count

@@ -155,14 +155,18 @@ def walk_repo(root: Path, cfg: WalkConfig, languages: Collection[str]) -> Iterat
 def classify(root: Path, rel: str, cfg: WalkConfig, languages: Collection[str] = ()) -> WalkItem:
     """What walk_repo(root) would say of the one file at `rel` ('/'-separated, inside root), without walking
     the rest: the same folder pruning, ignore files along the way, symlink and size rules. "missing" when the
-    file (or a folder on its way) is not there, as after a delete.
+    file (or a folder on its way) is not there, as after a delete; "not_inside_repo" for a path that is not a
+    plain relative one ('..', '.', empty parts, absolute).
 
     Where walk_repo yields a pruned folder instead of its files, the item names that folder and its reason.
     """
     root = Path(root)
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return WalkItem(rel, None, "not_inside_repo")  # only the canonical relative paths walk_repo yields
     rules = _Rules(cfg, languages)
     rules.push_ignores(str(root), "")
-    *folders, name = rel.split("/")
+    *folders, name = parts
     folder, prefix = str(root), ""
     for part in folders:
         sub = prefix + part

@@ -217,14 +217,24 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 
 def context_limit(path: Path) -> int | None:
-    """The longest sequence (in tokens) the model at `path` takes, from its config.json; None when it says not."""
+    """The longest sequence (in tokens) the model at `path` takes, from its config.json; None when it says not.
+
+    With RoPE scaling (YaRN, dynamic, linear: rope_scaling.factor) the positions are multiplied by the factor;
+    for models whose config already gives the extended length this overstates it, which only ever allows more.
+    """
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    if not isinstance(config, dict):
+        return None
     for key in _CONTEXT_KEYS:
         value = config.get(key)
-        if isinstance(value, int) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            scaling = config.get("rope_scaling")
+            factor = scaling.get("factor") if isinstance(scaling, dict) else None
+            if isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 1:
+                return int(value * factor)
             return value
     return None
 
