@@ -78,14 +78,12 @@ def choose_spans(
     text = _Text(data, cfg)
     n = examples_for_size(len(data), cfg)
     windows = query_windows(len(data), n, cfg.query_bytes_per_example, rng)
-    statements_from = None
-    if windows is not None:
-        query = get_query(source.language, "spans")
+    query = get_query(source.language, "spans")
 
-        def statements_from(first: ts.Node) -> set[int]:
-            return _sibling_statements(query, first, first.start_byte + cfg.max_middle_bytes)
+    def siblings(first: ts.Node) -> set[int]:
+        return _sibling_statements(query, first, first.start_byte + cfg.max_middle_bytes)
 
-    pools = _pools(text, _syntax_nodes(source.language, tree, cfg, windows), windows, statements_from)
+    pools = _pools(text, _syntax_nodes(source.language, tree, cfg, windows), siblings, windows)
     kinds = [k for k, w in cfg.mix.items() if w > 0 and k in pools]
     # rng.choices(kinds, weights)[0], inlined: the same cumulative weights and the same one rng.random() call.
     cum_weights = list(accumulate(cfg.mix[k] for k in kinds))
@@ -336,15 +334,15 @@ def _sorted_nodes(nodes: list[Any]) -> list[Any]:
 def _pools(
     text: _Text,
     nodes: dict[str, list[ts.Node]],
+    siblings: Callable[[ts.Node], set[int]],
     windows: list[tuple[int, int]] | None = None,
-    statements_from: Callable[[ts.Node], set[int]] | None = None,
 ) -> dict[str, _Pool]:
     """A pool per kind that has candidates in this file (syntax kinds only for the captured ones).
 
-    With windows (see query_windows), nodes are those that start in a window, and the empty middles at line
-    starts are thinned the same way, so they keep their share against those after a statement.
-    statements_from(first) gives the ids of the statements a run from `first` may continue with, which the
-    windows may have missed; without it, runs continue only with statements in nodes.
+    siblings(first) gives the ids of the statements a run from `first` may continue with (looked up, as the
+    windows may have missed them). With windows (see query_windows), nodes are those that start in a window,
+    and the empty middles at line starts are thinned the same way, so they keep their share against those
+    after a statement.
     """
     pools: dict[str, _Pool] = {}
     n_lines = len(text.line_starts)
@@ -359,16 +357,9 @@ def _pools(
     pools["empty"] = _Pool(lambda at, _rng: (at, at), starts.tolist())
     statements = nodes.get(STATEMENT_KIND)
     if statements:
-        keys: set[int] = set()  # the statements' node ids, filled on the first draw
-
-        def run(node: ts.Node, rng: random.Random) -> tuple[int, int] | None:
-            if statements_from is not None:
-                return _statements(text, node, rng, statements_from(node))
-            if not keys:
-                keys.update(map(_ID, statements))
-            return _statements(text, node, rng, keys)
-
-        pools[STATEMENTS_KIND] = _Pool(run, list(statements), _sorted_nodes)
+        pools[STATEMENTS_KIND] = _Pool(
+            lambda node, rng: _statements(text, node, rng, siblings(node)), list(statements), _sorted_nodes
+        )
         if len(starts):
             pools["empty"].prepare = lambda _starts: _merge_sorted(starts, map(_END, statements))
         else:
