@@ -167,7 +167,7 @@ class SpanConfig:
     syntax_in_files_with_errors: bool = True
     # Syntax middles are looked for in windows of this many bytes, one per example, spread evenly over the file:
     # a uniform sample of every candidate, for a fraction of the query's cost. 0 looks at the whole file.
-    query_bytes_per_example: int = 512
+    query_bytes_per_example: int = 256
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fimtune.config import DedupConfig
+from fimtune.corpus import dedup
 from fimtune.corpus.dedup import DedupItem, deduplicate, minhash_signature
 from fimtune.corpus.split import file_split, pick_test_repos, resolve_mode
 from fimtune.records import sha256_hex
@@ -90,3 +93,11 @@ def test_short_files_get_full_signatures_and_still_match() -> None:
     near = head.replace("function_3(", "function_three(")
     result = deduplicate([_item("r", "a.py", head, cfg), _item("r", "b.py", near, cfg)], cfg)
     assert result.duplicate_of == {("r", "b.py"): ("duplicate_near", ("r", "a.py"))}
+
+
+@pytest.mark.parametrize("num_perm", [16, 64, 128, 256])
+def test_lsh_params_are_the_ones_datasketch_would_choose(num_perm: int) -> None:
+    from datasketch.lsh import _optimal_param
+
+    for threshold in (0.3, 0.5, 0.7, 0.85, 0.9, 0.95):
+        assert dedup.lsh_params(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -109,6 +109,28 @@ def minhash_signature(text: str | bytes, cfg: DedupConfig) -> np.ndarray:
     return sig & _LOW32
 
 
+@cache
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """The LSH bands and rows per band that datasketch's MinHashLSH(threshold, num_perm) would choose: those
+    minimising the area of false positives below the threshold plus that of false negatives above it.
+
+    datasketch integrates each of the ~num_perm * ln(num_perm) candidates with scipy's adaptive quadrature, a
+    third of the dedup stage; here all at once with Gauss-Legendre quadrature, exact for these integrands (a
+    polynomial of degree bands * rows <= num_perm needs num_perm // 2 + 1 nodes).
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float)
+    bands, rows = pairs[:, :1], pairs[:, 1:]
+
+    def integral(lo: float, hi: float, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        return np.asarray(f((hi - lo) / 2 * nodes + (hi + lo) / 2) @ weights * (hi - lo) / 2)
+
+    false_positives = integral(0.0, threshold, lambda s: 1 - (1 - s**rows) ** bands)
+    false_negatives = integral(threshold, 1.0, lambda s: (1 - s**rows) ** bands)
+    best = int(np.argmin(false_positives + false_negatives))  # the first of equals, as datasketch's loop
+    return int(pairs[best, 0]), int(pairs[best, 1])
+
+
 @dataclass(frozen=True, slots=True)
 class DedupItem:
     """What dedup needs of a file: a key (repo, path), its content hash and its MinHash signature."""
@@ -137,7 +159,7 @@ def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
     duplicate_of: dict[tuple[str, str], tuple[str, tuple[str, str]]] = {}
     groups: dict[tuple[str, str], tuple[str, str]] = {}
     seen_sha: dict[str, tuple[str, str]] = {}
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm) if cfg.near else None
+    lsh = MinHashLSH(num_perm=cfg.num_perm, params=lsh_params(cfg.threshold, cfg.num_perm)) if cfg.near else None
     # datasketch wants permutation parameters with each MinHash; ours are never used (values come made).
     permutations = np.array([np.ones(cfg.num_perm), np.zeros(cfg.num_perm)], dtype=np.uint64)
     signatures: dict[str, np.ndarray] = {}

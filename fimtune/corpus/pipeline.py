@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import random
 import shutil
@@ -21,6 +20,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from fimtune import CORPUS_FORMAT_VERSION
 from fimtune.config import CorpusConfig, to_dict
 from fimtune.corpus import dedup, filters, secrets, spans, split, walk, write
+from fimtune.corpus import workers as workers_
 from fimtune.languages import parse
 from fimtune.records import Snippet, SourceFile, Span
 
@@ -192,26 +194,40 @@ def _indexed(job: tuple[Callable[[T], R], int, T]) -> tuple[int, R]:
 
 
 def _run(
-    fn: Callable[[T], R], items: list[T], workers: int, desc: str, sizes: list[int] | None, progress: bool
+    fn: Callable[[T], R],
+    items: list[T],
+    workers: int,
+    desc: str,
+    sizes: list[int] | None,
+    progress: bool,
+    threads: bool = False,
 ) -> Iterator[tuple[int, R]]:
     """Map fn over items on `workers` processes (in this process when 1), with a progress bar.
 
     Yields (index in items, result) in the order results finish: callers that need an order sort by index.
     With sizes, the largest items are handed out first, so no worker is left with a big one at the end.
+    threads runs fn on threads of this process instead, for work that spends its time in code that releases
+    the GIL (the Parquet writer): no fork, and memory the process has already mapped is reused.
     """
     bar = tqdm(
         total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False
     )
     start, done_bytes = time.perf_counter(), 0
-    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else range(len(items))
+    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else list(range(len(items)))
     jobs = [(fn, i, items[i]) for i in order]
-    if workers <= 1 or len(items) < 2:
-        results: Iterable[tuple[int, R]] = map(_indexed, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap_unordered(_indexed, jobs, chunksize=max(1, min(16, len(items) // (workers * 32))))
-    try:
+    with ExitStack() as stack:
+        stack.callback(bar.close)
+        if workers <= 1 or len(items) < 2:
+            results: Iterable[tuple[int, R]] = map(_indexed, jobs)
+        elif threads:
+            pool = stack.enter_context(ThreadPoolExecutor(workers))
+            stack.callback(pool.shutdown, cancel_futures=True)  # runs first: a failed job cancels the others
+            results = (f.result() for f in as_completed([pool.submit(_indexed, job) for job in jobs]))
+        else:
+            chunk = max(1, min(16, len(items) // (workers * 32)))
+            forked = workers_.forked_map(_indexed, jobs, min(workers, len(items)), chunk)
+            stack.callback(forked.close)  # kills and reaps the workers when the caller stops early
+            results = (r for _, r in forked)
         for n, (i, r) in enumerate(results):
             if sizes is not None:
                 done_bytes += sizes[i]
@@ -219,11 +235,6 @@ def _run(
                     bar.set_postfix_str(f"{done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
             bar.update()
             yield i, r
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
 
 
 class _Timer:
@@ -413,7 +424,7 @@ def _build(
         n_shards = -(-len(split_refs) // cfg.shard_examples)
         shards[name] = write.shard_names(name, n_shards)
         shard_jobs.extend((name, k, n_shards) for k in range(n_shards))
-    for _ in _run(_write_shard, shard_jobs, min(workers, len(shard_jobs)), "writing", None, progress):
+    for _ in _run(_write_shard, shard_jobs, min(workers, len(shard_jobs)), "writing", None, progress, threads=True):
         pass
     timer.lap("write")
 
