@@ -3,7 +3,8 @@
 Runs both on the same real code nobody here wrote (by default an installed package's sources from
 site-packages) in one run and prints MB/s per core side by side with their ratio.
 
-    python benchmarks/corpus_throughput.py                      # transformers' sources from site-packages
+    python benchmarks/corpus_throughput.py                      # pip's sources from site-packages
+    python benchmarks/corpus_throughput.py --source .venv/lib/python3.11/site-packages/transformers
     python benchmarks/corpus_throughput.py --source DIR --workers 2 --out benchmarks/results/corpus_throughput.md
 
 Targets (issue 2): the whole build (context off) at least half the parse-only speed and at least 5 MB/s per core.

@@ -95,10 +95,24 @@ def test_compare_base_and_tuned_end_to_end(tiny_run: Path, tiny_corpus: Path, tm
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
-def test_fixed_engine_gives_exact_scores(fimtune_cache: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    examples = open_corpus(tiny_corpus).examples("test")
+@pytest.fixture(scope="module")
+def corpus_with_empty_middles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture repositories cut into empty middles and whole lines only: both are in the test split."""
+    from fimtune.config import CorpusConfig, SpanConfig
+    from fimtune.corpus.pipeline import build_corpus
+    from tests.conftest import FIXTURE_REPOS
+
+    out = tmp_path_factory.mktemp("empties") / "corpus"
+    spans = SpanConfig(mix={"empty": 1.0, "line": 1.0}, examples_per_kb=4.0)
+    repos = [str(FIXTURE_REPOS / name) for name in ("pyshop", "gotool", "rsutil", "webkit")]
+    build_corpus(CorpusConfig(repos=repos, out=str(out), workers=1, split="file", test_fraction=0.3, spans=spans))
+    return out
+
+
+def test_fixed_engine_gives_exact_scores(fimtune_cache: Path, corpus_with_empty_middles: Path, tmp_path: Path) -> None:
+    examples = open_corpus(corpus_with_empty_middles).examples("test")
     n = len(examples)
-    common = ["--corpus", str(tiny_corpus), "--base-model", "tiny", "--engine", "fixed"]
+    common = ["--corpus", str(corpus_with_empty_middles), "--base-model", "tiny", "--engine", "fixed"]
 
     # Nothing completed: exact where the middle is empty, zero elsewhere.
     out = tmp_path / "empty.json"

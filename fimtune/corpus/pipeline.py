@@ -1,12 +1,13 @@
 """The corpus build: the only place that knows the order of the stages.
 
     walk (main) -> read, filter, redact secrets, sign, parse once, cut middles, index entries (workers, one pass
-      per file) -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (workers)
+      per file) -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (threads)
 
 Work is per file, spread over processes; every result is sorted before it is written and every random
 choice is seeded from (seed, repo, path), so the output does not depend on the number of workers.
 A file's text crosses between processes once (worker -> main): later stages run in forked workers that
-read the kept files from memory they share with the main process.
+read the kept files from memory they share with the main process (workers.forked_map), and the Parquet
+shards are written on threads of the main process (pyarrow's writer runs without the GIL).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _unpickle_result(
 # Walk reasons that count a pruned folder, not a file.
 FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
 
-# Set in the parent before a pool forks, read by the workers (fork shares it without pickling).
+# Set in the parent before workers fork, read by the workers (fork shares it without pickling).
 _STATE: dict[str, Any] = {}
 
 
