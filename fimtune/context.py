@@ -125,9 +125,14 @@ def _name_of(node: ts.Node) -> str:
     return found[-1] if found else text
 
 
-def _collect_definitions(lang: str, root: ts.Node) -> list[_Def]:
+# The tags query's matches over a file: (pattern index, capture name -> nodes). Run once, read for definitions
+# and for imports (the query pass costs about as much as the parse).
+_Matches = list[tuple[int, dict[str, list[ts.Node]]]]
+
+
+def _collect_definitions(found: _Matches) -> list[_Def]:
     groups: dict[tuple[int, int], list[tuple[int, str, dict[str, list[ts.Node]]]]] = {}
-    for pattern, caps in matches(lang, "tags", root):
+    for pattern, caps in found:
         kinds = [c for c in caps if c.startswith("definition.")]
         if not kinds or "name" not in caps:
             continue
@@ -243,11 +248,11 @@ class _Stubber:
         return out
 
 
-def _definitions(source: SourceFile, root: ts.Node, cfg: ContextConfig) -> tuple[Definition, ...]:
+def _definitions(source: SourceFile, found: _Matches, cfg: ContextConfig) -> tuple[Definition, ...]:
     lines = source.text.split("\n")
     stubber = _Stubber(lines, cfg.definition_max_lines)
     out: list[Definition] = []
-    for d in _collect_definitions(source.language, root):
+    for d in _collect_definitions(found):
         if d.parent is not None and d.parent.kind in _FUNCTION_KINDS:
             continue  # local helpers are not importable
         kind = "method" if d.kind == "function" and d.parent is not None else d.kind
@@ -292,10 +297,10 @@ def _clean_spec(text: str) -> str:
     return text
 
 
-def _imports(lang: str, root: ts.Node) -> tuple[str, ...]:
+def _imports(lang: str, found_matches: _Matches) -> tuple[str, ...]:
     sep = _IMPORT_RULES[lang].member_sep if lang in _IMPORT_RULES else "."
     found: list[tuple[int, str]] = []
-    for _, caps in matches(lang, "tags", root):
+    for _, caps in found_matches:
         if "import" not in caps:
             continue
         base_node = caps["import"][0]
@@ -348,8 +353,9 @@ def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = No
     imports: tuple[str, ...] = ()
     if source.language in LANGUAGES:
         root = (tree if tree is not None else parse(source.language, source.data)).root_node
-        definitions = _definitions(source, root, cfg)
-        imports = _imports(source.language, root)
+        found = matches(source.language, "tags", root)
+        definitions = _definitions(source, found, cfg)
+        imports = _imports(source.language, found)
     return FileIndex(source.path, source.language, definitions, imports, _windows(source.text, cfg))
 
 
@@ -357,7 +363,7 @@ def imports_of(language: str, text: str) -> tuple[str, ...]:
     """Import specifiers of a text alone: what a file the index has not seen needs, without definitions or windows."""
     if language not in LANGUAGES:
         return ()
-    return _imports(language, parse(language, text.encode("utf-8")).root_node)
+    return _imports(language, matches(language, "tags", parse(language, text.encode("utf-8")).root_node))
 
 
 # --------------------------------------------------------------------------------------------------------------
