@@ -169,7 +169,9 @@ def test_rerun_same_command_is_fine_but_a_different_corpus_is_refused(tmp_path: 
     assert run_cli(repo, "--out", str(out), "--seed", "5", "--overwrite", "-q").returncode == 0
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_dir", "empty", "no_supported", "unwritable", "foreign_out"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not_a_dir", "empty", "no_supported", "unwritable", "foreign_out", "bad_marker"]
+)
 def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, case: str) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -190,7 +192,12 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, case: str) -> None:
         else:
             out.mkdir()
             (out / "thesis.tex").write_text("precious")
-    proc = run_cli(str(repo), "--out", str(out), "-q")
+    options: list[str] = []
+    if case == "bad_marker":  # refused before any file is read, even where no file has a header comment
+        (repo / "a.py").write_text("x = 1\n" * 5)
+        (tmp_path / "recipe.yaml").write_text('filters:\n  generated_markers: ["(unclosed"]\n')
+        options = ["--config", str(tmp_path / "recipe.yaml"), "--workers", "2"]
+    proc = run_cli(str(repo), "--out", str(out), "-q", *options)
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -199,6 +206,8 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, case: str) -> None:
         assert str(repo.name) in lines[0]
     if case == "foreign_out":
         assert (out / "thesis.tex").read_text() == "precious"
+    if case == "bad_marker":
+        assert "filters.generated_markers[0]" in lines[0]
 
 
 def test_an_empty_repository_among_others_is_a_warning_and_a_count(tmp_path: Path) -> None:

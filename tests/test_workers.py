@@ -58,9 +58,25 @@ def failing(x: int) -> int:
     return x
 
 
-def test_an_error_in_a_worker_is_raised_with_its_traceback() -> None:
-    with pytest.raises(WorkerError, match=r"(?s)ValueError: file 5 is bad"):
+def test_an_error_in_a_worker_is_raised_as_itself_with_the_workers_traceback() -> None:
+    with pytest.raises(ValueError, match="file 5 is bad") as caught:
         list(forked_map(failing, list(range(20)), 2, 1))
+    cause = caught.value.__cause__
+    assert isinstance(cause, WorkerError) and "in failing" in str(cause) and 'raise ValueError("file 5' in str(cause)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("cannot pickle this")
+
+
+def raises_unpicklable(x: int) -> int:
+    raise Unpicklable("made in the worker")
+
+
+def test_an_error_that_does_not_pickle_arrives_as_its_traceback() -> None:
+    with pytest.raises(WorkerError, match="Unpicklable: made in the worker"):
+        list(forked_map(raises_unpicklable, [1, 2], 2, 1))
 
 
 def dies(x: int) -> int:

@@ -130,7 +130,8 @@ def has_low_alnum(doc: Doc, cfg: FilterConfig) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _markers(patterns: tuple[str, ...]) -> re.Pattern[str]:
+def generated_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The generated-file markers as one pattern; a ConfigError naming the marker when one is not valid."""
     for i, pattern in enumerate(patterns):
         try:
             re.compile(pattern)
@@ -169,7 +170,7 @@ def is_generated(doc: Doc, cfg: FilterConfig) -> str | None:
     if not cfg.generated_markers:
         return None
     head = "\n".join(header_comments(doc.head_lines(cfg.generated_header_lines)))
-    return "generated" if head and _markers(tuple(cfg.generated_markers)).search(head) else None
+    return "generated" if head and generated_pattern(tuple(cfg.generated_markers)).search(head) else None
 
 
 # Run in order: on the raw bytes before decoding, then on the text; the first reason drops the file.

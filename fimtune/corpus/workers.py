@@ -7,9 +7,10 @@ exist, so they read them from memory they share with the parent, take chunks of 
 counter (largest jobs first, as the caller orders them), and send each chunk's results back on their own pipe.
 The parent only waits on the pipes.
 
-A worker that raises sends the error back and the parent raises it; a worker that dies (killed, out of
-memory) is reported by the parent instead of leaving it waiting. Workers ignore Ctrl-C: the parent gets it,
-and its cleanup kills and reaps them.
+A worker that raises sends its exception back and the parent raises it (chained to a WorkerError holding the
+worker's traceback), so a ConfigError found in a worker still reaches the CLI as one line; a worker that dies
+(killed, out of memory) is reported by the parent instead of leaving it waiting. Workers ignore Ctrl-C: the
+parent gets it, and its cleanup kills and reaps them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def forked_map(
                     del pipes[conn]
                     conn.close()
                 elif message[0] == _ERROR:
-                    raise WorkerError(f"a worker process failed:\n{message[1]}")
+                    _, error, trace = message
+                    where = WorkerError(f"in worker process {pipes[conn]}:\n{trace}")
+                    if error is None:
+                        raise where
+                    raise error from where  # the worker's own exception, as multiprocessing.Pool re-raises it
                 else:
                     yield from message[1]
     finally:
@@ -88,10 +93,14 @@ def _work(
                 break
             send.send(("results", [(i, fn(items[i])) for i in range(start, min(start + chunk, len(items)))]))
         send.send((_DONE,))
-    except BaseException:
+    except BaseException as e:
         status = 1
-        with contextlib.suppress(BaseException):
-            send.send((_ERROR, traceback.format_exc()))
+        trace = traceback.format_exc()
+        try:
+            send.send((_ERROR, e, trace))
+        except BaseException:  # an exception that does not pickle: its traceback as text
+            with contextlib.suppress(BaseException):
+                send.send((_ERROR, None, trace))
     finally:
         os._exit(status)  # no atexit handlers or finalizers of the parent's objects run in the child
 
