@@ -189,11 +189,6 @@ def _write_shard(job: tuple[str, int, int]) -> str:
     return name
 
 
-def _indexed(job: tuple[Callable[[T], R], int, T]) -> tuple[int, R]:
-    fn, i, item = job
-    return i, fn(item)
-
-
 def _run(
     fn: Callable[[T], R],
     items: list[T],
@@ -215,18 +210,21 @@ def _run(
     )
     start, done_bytes = time.perf_counter(), 0
     order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else list(range(len(items)))
-    jobs = [(fn, i, items[i]) for i in order]
+
+    def indexed(i: int) -> tuple[int, R]:  # workers are forked or threads: nothing here is pickled
+        return i, fn(items[i])
+
     with ExitStack() as stack:
         stack.callback(bar.close)
         if workers <= 1 or len(items) < 2:
-            results: Iterable[tuple[int, R]] = map(_indexed, jobs)
+            results: Iterable[tuple[int, R]] = map(indexed, order)
         elif threads:
             pool = stack.enter_context(ThreadPoolExecutor(workers))
             stack.callback(pool.shutdown, cancel_futures=True)  # runs first: a failed job cancels the others
-            results = (f.result() for f in as_completed([pool.submit(_indexed, job) for job in jobs]))
+            results = (f.result() for f in as_completed([pool.submit(indexed, i) for i in order]))
         else:
             chunk = max(1, min(16, len(items) // (workers * 32)))
-            forked = workers_.forked_map(_indexed, jobs, min(workers, len(items)), chunk)
+            forked = workers_.forked_map(indexed, order, min(workers, len(items)), chunk)
             stack.callback(forked.close)  # kills and reaps the workers when the caller stops early
             results = (r for _, r in forked)
         for n, (i, r) in enumerate(results):

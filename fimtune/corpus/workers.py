@@ -28,6 +28,7 @@ from typing import NoReturn, TypeVar, cast
 T = TypeVar("T")
 R = TypeVar("R")
 
+_RESULTS = "results"
 _DONE = "done"
 _ERROR = "error"
 
@@ -72,7 +73,7 @@ def forked_map(
                     if error is None:
                         raise where
                     raise error from where  # the worker's own exception, as multiprocessing.Pool re-raises it
-                else:
+                else:  # _RESULTS
                     yield from message[1]
     finally:
         _stop(pipes, pids)
@@ -91,7 +92,7 @@ def _work(
                 counter.value = start + chunk
             if start >= len(items):
                 break
-            send.send(("results", [(i, fn(items[i])) for i in range(start, min(start + chunk, len(items)))]))
+            send.send((_RESULTS, [(i, fn(items[i])) for i in range(start, min(start + chunk, len(items)))]))
         send.send((_DONE,))
     except BaseException as e:
         status = 1
