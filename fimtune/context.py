@@ -882,7 +882,7 @@ class RepoIndex:
 
         share = cfg.definitions_share
         take_definitions(int(cfg.max_chars * share), math.ceil(cfg.max_snippets * share))
-        windows = self._similar(path, query, cfg.max_chars - used, cfg.max_snippets - len(chosen), taken)
+        windows = self._similar(path, near, cfg.max_chars - used, cfg.max_snippets - len(chosen), taken)
         used += sum(len(w.text) for w in windows)
         take_definitions(cfg.max_chars, cfg.max_snippets - len(windows))  # what the windows left over
 
@@ -922,31 +922,35 @@ class RepoIndex:
         ranked.sort(key=lambda r: r[:3])
         return [(-r[0], r[3]) for r in ranked]
 
-    def _scores(self, query: str) -> np.ndarray | None:
-        """BM25 score of every window id for the query tokens; None when no token is indexed."""
+    def _scores(self, tokens: set[str]) -> np.ndarray | None:
+        """BM25 score of every window id for the query's tokens; None when no token is indexed."""
         n = self._n_windows
         if n == 0:
             return None
+        vocab, post_w = self._vocab, self._post_w
         terms = []
-        for token in set(tokenize(query)):
-            tid = self._vocab.get(token)
-            if tid is not None and len(self._post_w[tid]):
-                terms.append((len(self._post_w[tid]), token, tid))
+        for token in tokens:
+            tid = vocab.get(token)
+            if tid is not None and len(post_w[tid]):
+                terms.append((len(post_w[tid]), token, tid))
         if not terms:
             return None
         terms.sort()
         chosen: list[int] = []
         dfs: list[int] = []
+        total = 0
         for df, _, tid in terms:
-            if chosen and sum(dfs) + df > self.cfg.max_postings:
+            if chosen and total + df > self.cfg.max_postings:
                 break
             chosen.append(tid)
             dfs.append(df)
-        # All postings of the chosen tokens at once; bincount adds each window's terms in token order.
-        w = np.concatenate([np.frombuffer(self._post_w[t], dtype=np.int32) for t in chosen])
-        v = np.concatenate([np.frombuffer(self._post_v[t], dtype=np.float32) for t in chosen])
+            total += df
+        # All postings of the chosen tokens at once (one copy, not an array per token); bincount adds each
+        # window's terms in token order.
+        w = np.frombuffer(b"".join([post_w[t] for t in chosen]), dtype=np.int32)
+        v = np.frombuffer(b"".join([self._post_v[t] for t in chosen]), dtype=np.float32)
         df_arr = np.asarray(dfs, dtype=np.float32)
-        v *= np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
+        v = v * np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
         return np.bincount(w, weights=v, minlength=len(self._win_path))
 
     def _ranked_windows(self, scores: np.ndarray, exclude: list[int]) -> Iterator[int]:
@@ -979,10 +983,10 @@ class RepoIndex:
                     yield from sorted(ids[i:j], key=lambda wid: (self._win_path[wid], self._win_line[wid]))
                 i = j
 
-    def _similar(self, path: str, query: str, budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
+    def _similar(self, path: str, tokens: set[str], budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
         if budget <= 0 or max_count <= 0:
             return []
-        scores = self._scores(query)
+        scores = self._scores(tokens)
         if scores is None:
             return []
         entry = self._files.get(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 
 import pytest
@@ -455,6 +456,46 @@ def test_retrieval_is_deterministic() -> None:
     assert first == forward.retrieve("new.py", "python", prefix) == backward.retrieve("new.py", "python", prefix)
     # All twelve windows tie: the earliest paths win.
     assert [s.path for s in first if s.kind == "similar"][:3] == ["f0.py", "f1.py", "f10.py"]
+
+
+def bm25_reference(files: dict[str, str], tokens: set[str], cfg: ContextConfig) -> dict[tuple[str, int], float]:
+    """Okapi BM25 of every window for the query tokens, written out from the definition, over the rarest tokens
+    whose postings fit in cfg.max_postings (always at least one)."""
+    windows = [(p, w) for p, t in files.items() for w in index_file(src(p, t), cfg).windows]
+    df = {t: sum(t in w.tokens for _, w in windows) for t in tokens}
+    present = sorted((d, t) for t, d in df.items() if d)
+    counted: list[str] = []
+    total = 0
+    for d, t in present:
+        if counted and total + d > cfg.max_postings:
+            break
+        counted.append(t)
+        total += d
+    n, k1, b, pivot = len(windows), 1.2, 0.75, cfg.window_lines * 4.0
+    scores = {}
+    for path, w in windows:
+        norm = k1 * (1 - b + b * len(w.tokens) / pivot)
+        scores[(path, w.start_line)] = sum(
+            math.log1p((n - df[t] + 0.5) / (df[t] + 0.5)) * w.tokens.count(t) * (k1 + 1) / (w.tokens.count(t) + norm)
+            for t in counted
+        )
+    return scores
+
+
+@pytest.mark.parametrize("max_postings", [100_000, 3, 1])
+def test_window_scores_are_bm25(max_postings: int) -> None:
+    cfg = ContextConfig(max_postings=max_postings)
+    files = {"app/__init__.py": "", "app/geometry.py": GEOMETRY, "app/report.py": REPORT, "app/main.py": MAIN}
+    index = repo(files, cfg)
+    tokens = {"entry", "rate", "exchange_rates", "totals", "radius", "no_such_token"}
+    scores = index._scores(tokens)
+    assert scores is not None
+    expected = bm25_reference(files, tokens, cfg)
+    got = {(index._win_path[i], index._win_line[i]): float(scores[i]) for i in range(len(index._win_path))}
+    assert got.keys() == expected.keys()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert max(expected.values()) > 0
+    assert index._scores({"no_such_token"}) is None
 
 
 def test_unindexed_buffer_uses_its_live_imports() -> None:
