@@ -651,6 +651,11 @@ class _Entry:
     definitions: tuple[Definition, ...]
     imports: tuple[str, ...]
     wids: list[int]
+    named: frozenset[str]  # the last name of each import specifier (imported by name: "x" of "a.b.x")
+
+
+def _imported_names(specs: Iterable[str]) -> frozenset[str]:
+    return frozenset(t for spec in specs for t in tokenize(spec)[-1:])
 
 
 def _tail_lines(text: str, n: int) -> str:
@@ -772,7 +777,7 @@ class RepoIndex:
             self._n_windows += 1
             self._total_len += len(window.tokens)
             wids.append(wid)
-        self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids)
+        self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids, _imported_names(fi.imports))
 
     def remove(self, path: str) -> None:
         """Forget a file (no-op when it is not indexed)."""
@@ -856,10 +861,13 @@ class RepoIndex:
         snippet of `path` itself; no two overlapping windows.
         """
         cfg = self.cfg
-        query = _tail_lines(prefix, cfg.query_lines)
+        before = _tail_lines(prefix, _AROUND_LINES * cfg.query_lines)
+        query = _tail_lines(before, cfg.query_lines)
         near = set(tokenize(query))
-        around = set(tokenize(_tail_lines(prefix, _AROUND_LINES * cfg.query_lines)))
-        around.update(tokenize(_head_lines(suffix, cfg.query_lines)))
+        # The lines before the query lines start after a newline: no token spans the cut.
+        around = near.union(
+            tokenize(before[: len(before) - len(query)]), tokenize(_head_lines(suffix, cfg.query_lines))
+        )
 
         ranked = self._ranked_definitions(path, language, prefix, suffix, near, around)
         chosen: list[tuple[int, Definition]] = []
@@ -902,11 +910,11 @@ class RepoIndex:
         entry = self._files.get(path)
         if entry is not None:
             targets = self.resolve_imports(path)
-            specs = entry.imports
+            named = entry.named
         else:  # a file the index has not seen (a new buffer): its imports come from the live text
             specs = imports_of(language, prefix + suffix)
             targets = self._resolve(path, language, specs)
-        named = {t for spec in specs for t in tokenize(spec)[-1:]}
+            named = _imported_names(specs)
         ranked: list[tuple[int, int, int, Definition]] = []
         for fi, target in enumerate(targets):
             for di, d in enumerate(self._files[target].definitions):
