@@ -35,6 +35,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import tree_sitter as ts
@@ -325,19 +326,29 @@ def _windows(text: str, cfg: ContextConfig) -> tuple[Window, ...]:
     if lines and lines[-1] == "":
         lines.pop()
     size, stride = max(1, cfg.window_lines), max(1, cfg.window_stride)
+
+    def tokens_of(a: int, b: int) -> tuple[str, ...]:  # shared (interned) strings: smaller in memory and pickles
+        return tuple(map(sys.intern, tokenize("\n".join(lines[a:b]))))
+
+    # Overlapping windows: tokenize blocks of `step` lines once each. A window is a whole number of blocks, and
+    # no token spans a newline, so its tokens are its blocks' tokens in order.
+    step = math.gcd(size, stride) if stride < size else 0
+    blocks = [tokens_of(i, i + step) for i in range(0, len(lines), step)] if step else []
     out: list[Window] = []
     start = 0
     while start < len(lines):
-        chunk = lines[start : start + size]
-        first, last = 0, len(chunk)
-        while first < last and not chunk[first].strip():
-            first += 1
-        while last > first and not chunk[last - 1].strip():
-            last -= 1
-        body = "\n".join(line.rstrip() for line in chunk[first:last])
-        tokens = tuple(map(sys.intern, tokenize(body)))  # shared strings: smaller in memory and in pickles
+        if step:
+            tokens = tuple(chain.from_iterable(blocks[start // step : (start + size) // step]))
+        else:
+            tokens = tokens_of(start, start + size)
         if tokens:
-            out.append(Window(start + first, body, tokens))
+            chunk = lines[start : start + size]
+            first, last = 0, len(chunk)
+            while first < last and not chunk[first].strip():
+                first += 1
+            while last > first and not chunk[last - 1].strip():
+                last -= 1
+            out.append(Window(start + first, "\n".join(line.rstrip() for line in chunk[first:last]), tokens))
         if start + size >= len(lines):
             break
         start += stride

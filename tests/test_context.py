@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from fimtune.config import ConfigError, ContextConfig
-from fimtune.context import Definition, FileIndex, RepoIndex, index_file
+from fimtune.context import Definition, FileIndex, RepoIndex, index_file, tokenize
 from fimtune.languages import language_for_path
 from fimtune.records import SourceFile
 
@@ -211,6 +211,22 @@ def test_file_index_is_picklable_and_windows_cover_the_file() -> None:
     assert fi.windows[-1].text.endswith("line_44 = 44")
     assert fi.windows[0].tokens[:2] == ("line_0",) * 1 + ("line_1",)
 
+
+
+@pytest.mark.parametrize(("lines", "stride"), [(20, 10), (7, 3), (6, 4), (5, 10), (1, 1), (3, 3)])
+def test_window_tokens_are_the_tokens_of_its_lines(lines: int, stride: int) -> None:
+    """Overlapping windows share tokenized blocks of lines: each window's tokens are still exactly its lines'."""
+    cfg = ContextConfig(window_lines=lines, window_stride=stride)
+    text = "".join(f"v{i} = f{i}(x)  \n" if i % 4 else "\n" for i in range(53)) + "tail_no_newline"
+    windows = index_file(src("w.py", text), cfg).windows
+    source_lines = text.split("\n")
+    assert windows[0].start_line == 1  # line 0 is blank
+    for w in windows:
+        assert w.tokens == tuple(tokenize(w.text))
+        span = source_lines[w.start_line : w.start_line + w.text.count("\n") + 1]
+        assert w.text == "\n".join(line.rstrip() for line in span)
+        assert len(span) <= lines
+    assert windows[-1].text.endswith("tail_no_newline")
 
 # ---- import resolution ---------------------------------------------------------------------------------------
 
