@@ -212,7 +212,6 @@ def test_file_index_is_picklable_and_windows_cover_the_file() -> None:
     assert fi.windows[0].tokens[:2] == ("line_0",) * 1 + ("line_1",)
 
 
-
 @pytest.mark.parametrize(("lines", "stride"), [(20, 10), (7, 3), (6, 4), (5, 10), (1, 1), (3, 3)])
 def test_window_tokens_are_the_tokens_of_its_lines(lines: int, stride: int) -> None:
     """Overlapping windows share tokenized blocks of lines: each window's tokens are still exactly its lines'."""
@@ -227,6 +226,7 @@ def test_window_tokens_are_the_tokens_of_its_lines(lines: int, stride: int) -> N
         assert w.text == "\n".join(line.rstrip() for line in span)
         assert len(span) <= lines
     assert windows[-1].text.endswith("tail_no_newline")
+
 
 # ---- import resolution ---------------------------------------------------------------------------------------
 
