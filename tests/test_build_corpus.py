@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -129,22 +131,26 @@ def test_hostile_repository(tmp_path: Path) -> None:
 def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repos = [str(FIXTURES / r) for r in REPOS]
     cfg = CorpusConfig(repos=repos, out=str(tmp_path / "out"), workers=1, shard_examples=2)
-    real = write.write_shard
+    real = write.SplitWriter.add
     calls = {"n": 0}
 
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def interrupted(self: write.SplitWriter, f: write.FileExamples) -> None:  # Ctrl-C while shards are written
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 6:
+            concurrent.futures.wait(self._pending)  # the first shards are on disk, unfinished
+            assert list((tmp_path / "out").glob(".staging-*/data/*.partial"))
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        real(self, f)
 
-    monkeypatch.setattr(write, "write_shard", interrupted)
+    monkeypatch.setattr(write.SplitWriter, "add", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_corpus(cfg, progress=False)
     out = tmp_path / "out"
+    assert calls["n"] == 6
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("data/*.parquet"))
-    monkeypatch.setattr(write, "write_shard", real)
+    assert not list(out.glob(".staging-*"))
+    monkeypatch.setattr(write.SplitWriter, "add", real)
 
     # A kill -9 leaves a staging folder behind: the rerun cleans it and produces the full output.
     (out / ".staging-99999" / "data").mkdir(parents=True)
@@ -247,8 +253,12 @@ def test_shard_rows_are_cut_from_each_file_once(tmp_path: Path, monkeypatch: pyt
         write.FileExamples("r", "b.py", "python", "sha-b", b"y = 1\n", [Span(0, 1, "line")]),
     ]
     monkeypatch.setattr(write, "ROW_GROUP_TEXT_BYTES", len(data) * 2)  # at most two rows of a.py per row group
-    write.write_shard(tmp_path, "s.parquet", files)
-    shard = pq.ParquetFile(tmp_path / "s.parquet")
+    with write.SplitWriter(tmp_path, "s", shard_examples=100) as writer:
+        for f in files:
+            writer.add(f)
+        assert writer.close() == ["s-00000-of-00001.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s-00000-of-00001.parquet"]
+    shard = pq.ParquetFile(tmp_path / "s-00000-of-00001.parquet")
     assert [shard.metadata.row_group(i).num_rows for i in range(shard.metadata.num_row_groups)] == [2, 2]
     got = shard.read().to_pylist()
     assert [r["prefix"] + r["middle"] + r["suffix"] for r in got] == [text] * 3 + ["y = 1\n"]
@@ -257,3 +267,47 @@ def test_shard_rows_are_cut_from_each_file_once(tmp_path: Path, monkeypatch: pyt
     assert got[1]["context"] == [{"path": "b.py", "text": "y = 1\n", "kind": "similar"}]
     assert [r["file_sha"] for r in got] == ["sha-a"] * 3 + ["sha-b"]
     assert shard.schema_arrow == write.SCHEMA
+
+
+def test_split_writer_bytes_depend_on_the_rows_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards of shard_examples rows, a file's rows cut across shards where the count says, and the same bytes
+    whether the writer's threads keep up or the caller has to wait for them."""
+    from fimtune.records import Span
+
+    monkeypatch.setattr(write, "ROW_GROUP_ROWS", 2)
+    files = [
+        write.FileExamples("r", f"{name}.py", "python", name, f"x_{name} = {k}\n".encode(), [Span(0, 1, "line")] * k)
+        for k, name in enumerate(["a", "b", "c", "d"], start=1)
+    ]  # 1 + 2 + 3 + 4 rows
+    written = {}
+    for max_pending in (1, 100):
+        folder = tmp_path / str(max_pending)
+        folder.mkdir()
+        with write.SplitWriter(folder, "train", shard_examples=4, max_pending=max_pending) as writer:
+            for f in files:
+                writer.add(f)
+            names = writer.close()
+        assert names == [f"train-0000{k}-of-00003.parquet" for k in range(3)]
+        shards = [pq.ParquetFile(folder / name) for name in names]
+        assert [s.metadata.num_rows for s in shards] == [4, 4, 2]
+        assert [[s.metadata.row_group(i).num_rows for i in range(s.num_row_groups)] for s in shards] == [[2, 2]] * 2 + [
+            [2]
+        ]
+        paths = [row["path"] for s in shards for row in s.read(columns=["path"]).to_pylist()]
+        assert paths == ["a.py"] + ["b.py"] * 2 + ["c.py"] * 3 + ["d.py"] * 4
+        written[max_pending] = [(folder / name).read_bytes() for name in names]
+    assert written[1] == written[100]
+
+
+def test_split_writer_raises_what_its_thread_raised_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fimtune.records import Span
+
+    def broken(rows: list) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(write, "_table", broken)
+    f = write.FileExamples("r", "a.py", "python", "a", b"x = 1\n", [Span(0, 1, "line")])
+    with pytest.raises(OSError, match="disk full"), write.SplitWriter(tmp_path, "train", shard_examples=10) as writer:
+        writer.add(f)
+        writer.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("fimtune-write")]

@@ -150,43 +150,69 @@ class DedupResult:
 
 
 def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
-    """Mark exact duplicates ("duplicate_exact") and near duplicates ("duplicate_near").
+    """Mark exact duplicates ("duplicate_exact") and near duplicates ("duplicate_near") among items.
 
-    Items are visited in sorted key order, so the representative of a group is always its smallest
-    (repo, path) and the result does not depend on how the work was split across processes. A near
-    match from LSH is confirmed with the estimated Jaccard similarity before it counts.
+    Items are visited in sorted key order (see Deduplicator), so the result does not depend on their order
+    here or on how the work was split across processes.
     """
+    dedup = Deduplicator(cfg)
     duplicate_of: dict[tuple[str, str], tuple[str, tuple[str, str]]] = {}
-    groups: dict[tuple[str, str], tuple[str, str]] = {}
-    seen_sha: dict[str, tuple[str, str]] = {}
-    lsh = MinHashLSH(num_perm=cfg.num_perm, params=lsh_params(cfg.threshold, cfg.num_perm)) if cfg.near else None
-    # datasketch wants permutation parameters with each MinHash; ours are never used (values come made).
-    permutations = np.array([np.ones(cfg.num_perm), np.zeros(cfg.num_perm)], dtype=np.uint64)
-    signatures: dict[str, np.ndarray] = {}
-    names: dict[str, tuple[str, str]] = {}
-
     for item in sorted(items, key=lambda it: it.key):
-        if cfg.exact and item.sha in seen_sha:
-            duplicate_of[item.key] = ("duplicate_exact", seen_sha[item.sha])
-            continue
-        seen_sha.setdefault(item.sha, item.key)
-        if lsh is None or item.signature is None:
-            continue
+        if (found := dedup.add(item)) is not None:
+            duplicate_of[item.key] = found
+    return DedupResult(duplicate_of=duplicate_of, groups=dedup.groups)
+
+
+class Deduplicator:
+    """Dedup one item at a time, given in sorted key order (a build streams its files through it).
+
+    The representative of a group is its first item, so with items in sorted key order it is the group's
+    smallest (repo, path) whatever the order the files were read in. A near match from LSH is confirmed
+    with the estimated Jaccard similarity before it counts.
+    """
+
+    def __init__(self, cfg: DedupConfig) -> None:
+        self.cfg = cfg
+        # Near-duplicate groups kept whole (near_action == "keep"): member -> representative.
+        self.groups: dict[tuple[str, str], tuple[str, str]] = {}
+        self._seen_sha: dict[str, tuple[str, str]] = {}
+        self._lsh = (
+            MinHashLSH(num_perm=cfg.num_perm, params=lsh_params(cfg.threshold, cfg.num_perm)) if cfg.near else None
+        )
+        # datasketch wants permutation parameters with each MinHash; ours are never used (values come made).
+        self._permutations = np.array([np.ones(cfg.num_perm), np.zeros(cfg.num_perm)], dtype=np.uint64)
+        self._signatures: dict[str, np.ndarray] = {}
+        self._names: dict[str, tuple[str, str]] = {}
+        self._last: tuple[str, str] | None = None
+
+    def add(self, item: DedupItem) -> tuple[str, tuple[str, str]] | None:
+        """None when the item is kept (its own representative, or a member of a group kept whole), else
+        (reason, representative key)."""
+        if self._last is not None and item.key <= self._last:
+            raise ValueError(f"dedup items must come in increasing key order: {item.key} after {self._last}")
+        self._last = item.key
+        cfg = self.cfg
+        if cfg.exact and item.sha in self._seen_sha:
+            return "duplicate_exact", self._seen_sha[item.sha]
+        self._seen_sha.setdefault(item.sha, item.key)
+        if self._lsh is None or item.signature is None:
+            return None
         sig = item.signature
-        mh = MinHash(seed=_MINHASH_SEED, hashvalues=sig, permutations=permutations, scheme=_SCHEME)
-        candidates = sorted(names[c] for c in lsh.query(mh) if _jaccard(signatures[c], sig) >= cfg.threshold)
-        name = f"{len(names)}"
+        mh = MinHash(seed=_MINHASH_SEED, hashvalues=sig, permutations=self._permutations, scheme=_SCHEME)
+        candidates = sorted(
+            self._names[c] for c in self._lsh.query(mh) if _jaccard(self._signatures[c], sig) >= cfg.threshold
+        )
+        name = f"{len(self._names)}"
         if candidates:
             rep = candidates[0]
-            rep = groups.get(rep, rep)
+            rep = self.groups.get(rep, rep)
             if cfg.near_action == "drop":
-                duplicate_of[item.key] = ("duplicate_near", rep)
-                continue
-            groups[item.key] = rep
-        lsh.insert(name, mh, check_duplication=False)
-        signatures[name] = sig
-        names[name] = item.key
-    return DedupResult(duplicate_of=duplicate_of, groups=groups)
+                return "duplicate_near", rep
+            self.groups[item.key] = rep
+        self._lsh.insert(name, mh, check_duplication=False)
+        self._signatures[name] = sig
+        self._names[name] = item.key
+        return None
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

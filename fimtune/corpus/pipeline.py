@@ -1,13 +1,16 @@
 """The corpus build: the only place that knows the order of the stages.
 
     walk (main) -> read, filter, redact secrets, sign, parse once, cut middles, index entries (workers, one pass
-      per file) -> dedup, split (main) -> repo index (main) -> context per example (workers) -> write (threads)
+      per file) -> in (repo, path) order as the files come in: dedup, split, write (main; shards on threads)
+    with cross-file context, the write waits for: repo index (main) -> context per example (workers)
 
-Work is per file, spread over processes; every result is sorted before it is written and every random
-choice is seeded from (seed, repo, path), so the output does not depend on the number of workers.
-A file's text crosses between processes once (worker -> main): later stages run in forked workers that
-read the kept files from memory they share with the main process (workers.forked_map), and the Parquet
-shards are written on threads of the main process (pyarrow's writer runs without the GIL).
+Work is per file, spread over processes; files are taken in (repo, path) order, their results put back in
+that order before dedup, and every random choice is seeded from (seed, repo, path), so the output does not
+depend on the number of workers. A file's text crosses between processes once (worker -> main). Without
+context, a file's rows are written as soon as every file before it has come in, so the Parquet writer
+(threads of the main process: pyarrow's writer runs without the GIL) works alongside the workers and a kept
+file's text is let go once written. With context, every kept file is held until the repository index is
+built; context workers read them from memory they share with the main process (workers.forked_map).
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,32 +163,27 @@ def _context_one(i: int) -> list[tuple[Snippet, ...]]:
     return out
 
 
-def _write_shard(job: tuple[str, int, int]) -> str:
-    """Write one shard from the kept files (runs in a worker): its examples are refs[k * shard_examples:...]."""
-    split_name, k, n_shards = job
-    cfg: CorpusConfig = _STATE["cfg"]
-    kept: list[FileResult] = _STATE["kept"]
-    contexts: dict[int, list[tuple[Snippet, ...]]] = _STATE["contexts"]
-    chunk = _STATE["refs"][split_name][k * cfg.shard_examples : (k + 1) * cfg.shard_examples]
-    files: list[write.FileExamples] = []
-    a = 0
-    while a < len(chunk):  # consecutive refs of one file (spans in order) become one FileExamples
-        i, first = chunk[a]
-        b = a + 1
-        while b < len(chunk) and chunk[b][0] == i:
-            b += 1
-        last = chunk[b - 1][1] + 1
-        r = kept[i]
-        ctx = contexts.get(i)
-        files.append(
-            write.FileExamples(
-                r.repo, r.path, r.language or "", r.sha, r.data, r.spans[first:last], ctx[first:last] if ctx else ()
-            )
+def _examples(r: FileResult, contexts: Sequence[tuple[Snippet, ...]] = ()) -> write.FileExamples:
+    """A kept file's rows for the writer: one per middle, each with its context (none when context is off)."""
+    return write.FileExamples(r.repo, r.path, r.language or "", r.sha, r.data, r.spans, contexts)
+
+
+def _contexts(
+    kept: list[FileResult], repos: list[Repo], cfg: CorpusConfig, workers: int, progress: bool
+) -> dict[int, list[tuple[Snippet, ...]]]:
+    """The context of every middle of the kept files (by index in kept), with the retriever the server uses."""
+    from fimtune import context
+
+    _STATE["kept"] = kept
+    _STATE["indexes"] = {
+        repo.name: context.RepoIndex.build(
+            [r.file_index for r in kept if r.repo == repo.name and r.file_index is not None], cfg.context
         )
-        a = b
-    name = write.shard_names(split_name, n_shards)[k]
-    write.write_shard(_STATE["data_dir"], name, files)
-    return name
+        for repo in repos
+    }
+    with_spans = [i for i, r in enumerate(kept) if r.spans]
+    sizes = [kept[i].size for i in with_spans]
+    return {with_spans[k]: ctx for k, ctx in _run(_context_one, with_spans, workers, "context", sizes, progress)}
 
 
 def _run(
@@ -196,20 +193,21 @@ def _run(
     desc: str,
     sizes: list[int] | None,
     progress: bool,
-    threads: bool = False,
+    largest_first: bool = True,
 ) -> Iterator[tuple[int, R]]:
-    """Map fn over items on `workers` processes (in this process when 1), with a progress bar.
+    """Map fn over items on `workers` processes (in this process when 1), with a progress bar (MB/s from sizes).
 
-    Yields (index in items, result) in the order results finish: callers that need an order sort by index.
-    With sizes, the largest items are handed out first, so no worker is left with a big one at the end.
-    threads runs fn on threads of this process instead, for work that spends its time in code that releases
-    the GIL (the Parquet writer): no fork, and memory the process has already mapped is reused.
+    Yields (index in items, result) in the order results finish: callers that need an order sort by index,
+    or put them back in order with _in_order. Items are handed out in their order, or with sizes and
+    largest_first, largest first, so no worker is left with a big one at the end.
     """
     bar = tqdm(
         total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False
     )
     start, done_bytes = time.perf_counter(), 0
-    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else list(range(len(items)))
+    order = list(range(len(items)))
+    if sizes is not None and largest_first:
+        order.sort(key=lambda i: -sizes[i])
 
     def indexed(i: int) -> tuple[int, R]:  # workers are forked or threads: nothing here is pickled
         return i, fn(items[i])
@@ -218,10 +216,6 @@ def _run(
         stack.callback(bar.close)
         if workers <= 1 or len(items) < 2:
             results: Iterable[tuple[int, R]] = map(indexed, order)
-        elif threads:
-            pool = stack.enter_context(ThreadPoolExecutor(workers))
-            stack.callback(pool.shutdown, cancel_futures=True)  # runs first: a failed job cancels the others
-            results = (f.result() for f in as_completed([pool.submit(indexed, i) for i in order]))
         else:
             chunk = max(1, min(16, len(items) // (workers * 32)))
             forked = workers_.forked_map(indexed, order, min(workers, len(items)), chunk)
@@ -234,6 +228,17 @@ def _run(
                     bar.set_postfix_str(f"{done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
             bar.update()
             yield i, r
+
+
+def _in_order(results: Iterable[tuple[int, R]]) -> Iterator[R]:
+    """The results of _run in index order, each as soon as every one before it has come in."""
+    waiting: dict[int, R] = {}
+    upcoming = 0
+    for i, r in results:
+        waiting[i] = r
+        while upcoming in waiting:
+            yield waiting.pop(upcoming)
+            upcoming += 1
 
 
 class _Timer:
@@ -346,86 +351,65 @@ def _build(
 
     timer.lap("walk")
 
-    # 2. Per file: read, filter, redact, sign, cut middles, index.
-    read_at: dict[int, FileResult] = {}
+    # 2. Per file: read, filter, redact, sign, cut middles, index (workers). 3. In (repo, path) order as
+    # they come in: dedup across every repository, split, and without context, write.
+    jobs.sort(key=lambda job: (job[0], job[2].path))
     secret_kinds: Counter[str] = Counter()
-    files_with_secrets = 0
-    bytes_in = 0
-    sizes = [j[2].size for j in jobs]
-    for i, res in _run(_process_one, jobs, workers, "files", sizes, progress):
-        bytes_in += res.size
-        if res.secrets:
-            files_with_secrets += 1
-            secret_kinds.update(res.secrets)
-        if res.reason is not None:
-            dropped[res.reason] += 1
-        else:
-            read_at[i] = res
-    read = [read_at[i] for i in sorted(read_at)]  # walk order, whatever order the workers finished in
-
-    timer.lap("files")
-
-    # 3. Dedup across every repository, then split.
-    result = dedup.deduplicate([dedup.DedupItem((r.repo, r.path), r.sha, r.signature) for r in read], cfg.dedup)
-    kept: list[FileResult] = []
-    for r in read:
-        dup = result.duplicate_of.get((r.repo, r.path))
-        if dup is None:
-            kept.append(r)
-        else:
-            dropped[dup[0]] += 1
-    mode = split.resolve_mode(cfg.split, len(repos))
-    test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
-    side: dict[tuple[str, str], str] = {}
-    for r in kept:
-        if mode == "repo":
-            side[(r.repo, r.path)] = "test" if r.repo in test_repos else "train"
-        else:
-            side[(r.repo, r.path)] = split.file_split(r.repo, r.path, cfg.test_fraction, cfg.seed)
-    for member, rep in result.groups.items():  # a kept near-duplicate group stays on one side
-        side[member] = side[rep]
-
-    timer.lap("dedup_split")
-    parse_failures = sum(not r.parse_ok for r in kept)
-    _STATE["kept"] = kept
-
-    # 5. Cross-file context with the same retriever the server uses.
-    contexts: dict[int, list[tuple[Snippet, ...]]] = {}
-    if cfg.context.enabled:
-        from fimtune import context
-
-        indexes = {}
-        for repo in repos:
-            entries = [r.file_index for r in kept if r.repo == repo.name and r.file_index is not None]
-            indexes[repo.name] = context.RepoIndex.build(entries, cfg.context)
-        _STATE["indexes"] = indexes
-        with_spans = [i for i, r in enumerate(kept) if r.spans]
-        sizes = [kept[i].size for i in with_spans]
-        for k, ctx in _run(_context_one, with_spans, workers, "context", sizes, progress):
-            contexts[with_spans[k]] = ctx
-
-    timer.lap("context")
-
-    # 6. Examples, sorted, written per split; shards are built and written on all workers.
-    refs: dict[str, list[tuple[int, int]]] = {"train": [], "test": []}
+    files_with_secrets = bytes_in = parse_failures = 0
     span_kinds: Counter[str] = Counter()
     lang_files: Counter[str] = Counter()
-    order = sorted(range(len(kept)), key=lambda i: (kept[i].repo, kept[i].path))
-    for i in order:
-        r = kept[i]
-        lang_files[r.language or ""] += 1
-        span_kinds.update(span.kind for span in r.spans)
-        refs[side[(r.repo, r.path)]].extend((i, j) for j in range(len(r.spans)))  # spans come sorted
-    _STATE.update(contexts=contexts, refs=refs, data_dir=staging / "data")
-    shard_jobs: list[tuple[str, int, int]] = []
-    shards: dict[str, list[str]] = {}
-    for name, split_refs in refs.items():
-        n_shards = -(-len(split_refs) // cfg.shard_examples)
-        shards[name] = write.shard_names(name, n_shards)
-        shard_jobs.extend((name, k, n_shards) for k in range(n_shards))
-    for _ in _run(_write_shard, shard_jobs, min(workers, len(shard_jobs)), "writing", None, progress, threads=True):
-        pass
+    dedupe = dedup.Deduplicator(cfg.dedup)
+    mode = split.resolve_mode(cfg.split, len(repos))
+    test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
+    sides: dict[tuple[str, str], str] = {}
+    kept: list[FileResult] = []  # with context only: the kept files wait for the repository index
+    kept_sides: list[str] = []
+    sizes = [j[2].size for j in jobs]
+    with ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(write.SplitWriter(staging / "data", name, cfg.shard_examples))
+            for name in ("train", "test")
+        }
+        files = _run(_process_one, jobs, workers, "files", sizes, progress, largest_first=False)
+        for res in _in_order(files):
+            bytes_in += res.size
+            if res.secrets:
+                files_with_secrets += 1
+                secret_kinds.update(res.secrets)
+            if res.reason is not None:
+                dropped[res.reason] += 1
+                continue
+            key = (res.repo, res.path)
+            duplicate = dedupe.add(dedup.DedupItem(key, res.sha, res.signature))
+            if duplicate is not None:
+                dropped[duplicate[0]] += 1
+                continue
+            if (rep := dedupe.groups.get(key)) is not None:  # a kept near-duplicate group stays on one side
+                side = sides[rep]
+            elif mode == "repo":
+                side = "test" if res.repo in test_repos else "train"
+            else:
+                side = split.file_split(res.repo, res.path, cfg.test_fraction, cfg.seed)
+            sides[key] = side
+            lang_files[res.language or ""] += 1
+            span_kinds.update(span.kind for span in res.spans)
+            parse_failures += not res.parse_ok
+            if cfg.context.enabled:
+                kept.append(res)
+                kept_sides.append(side)
+            else:
+                writers[side].add(_examples(res))
+        timer.lap("files")
+
+        # 4. Cross-file context with the same retriever the server uses, then the write.
+        if cfg.context.enabled:
+            contexts = _contexts(kept, repos, cfg, workers, progress)
+            timer.lap("context")
+            for i in tqdm(range(len(kept)), desc="writing", unit="file", disable=not progress, leave=False):
+                writers[kept_sides[i]].add(_examples(kept[i], contexts.get(i, ())))
+        shards = {name: writer.close() for name, writer in writers.items()}
     timer.lap("write")
+    examples = {name: writer.rows for name, writer in writers.items()}
 
     return {
         "format_version": CORPUS_FORMAT_VERSION,
@@ -436,8 +420,8 @@ def _build(
         "test_repos": sorted(test_repos) if mode == "repo" else [],
         "counts": {
             "files_seen": files_seen,
-            "files_kept": len(kept),
-            "examples": {name: len(split_refs) for name, split_refs in refs.items()},
+            "files_kept": sum(lang_files.values()),
+            "examples": examples,
             "parse_failures": parse_failures,
             "empty_repos": empty_repos,
         },

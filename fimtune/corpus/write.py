@@ -6,10 +6,13 @@ last: a build that is interrupted never leaves a shard or a manifest that looks 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -81,28 +84,111 @@ def shard_names(split: str, n_shards: int) -> list[str]:
     return [f"{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
 
 
-def write_shard(folder: Path, name: str, files: Sequence[FileExamples]) -> None:
-    """Write one Parquet shard atomically: one row per span, in the given order (deterministic bytes)."""
-    tmp = folder / (name + ".partial")
-    with pq.ParquetWriter(tmp, SCHEMA, **WRITE_OPTIONS) as writer:
-        for group in _row_groups(files):
-            writer.write_table(_table(group), row_group_size=ROW_GROUP_ROWS)
-    os.replace(tmp, folder / name)
+class SplitWriter:
+    """One split's shards, written while its examples come in.
 
+    Rows are written in the order they are added: shard k holds rows [k * shard_examples, (k + 1) *
+    shard_examples), each shard cut into row groups of ROW_GROUP_ROWS rows, earlier when the group's text
+    columns would pass ROW_GROUP_TEXT_BYTES. So the bytes depend on the rows alone, never on when they came.
+    Each shard is encoded and compressed on a thread of its own (pyarrow's writer runs without the GIL) while
+    the caller goes on; at most max_pending row groups wait, so memory stays bounded when the caller is faster.
+    A shard is written as <name>.partial and named <split>-k-of-N by close(), when N is known.
 
-def _row_groups(files: Sequence[FileExamples]) -> Iterator[list[tuple[FileExamples, int]]]:
-    """(file, span index) rows in groups of ROW_GROUP_ROWS, cut earlier when a text column would get too big."""
-    group: list[tuple[FileExamples, int]] = []
-    text_bytes = 0
-    for f in files:
+    Use as a context manager: leaving it on an exception stops the threads before the caller removes the files.
+    """
+
+    def __init__(self, folder: Path, split: str, shard_examples: int, max_pending: int = 4) -> None:
+        self.folder, self.split, self.shard_examples, self.max_pending = folder, split, shard_examples, max_pending
+        self.rows = 0
+        self._group: list[tuple[FileExamples, int]] = []
+        self._group_text = 0
+        self._shards: list[_ShardThread] = []
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def add(self, f: FileExamples) -> None:
+        """Queue one row per span of f, in order."""
+        size = len(f.data)
         for j in range(len(f.spans)):
-            if group and (len(group) == ROW_GROUP_ROWS or text_bytes + len(f.data) > ROW_GROUP_TEXT_BYTES):
-                yield group
-                group, text_bytes = [], 0
-            group.append((f, j))
-            text_bytes += len(f.data)
-    if group:
-        yield group
+            if self.rows % self.shard_examples == 0:  # the first row of a shard
+                self._flush()
+                if self._shards:
+                    self._shards[-1].finish()
+                self._shards.append(_ShardThread(self.folder / f"{self.split}-{len(self._shards):05d}.parquet.partial"))
+            elif len(self._group) == ROW_GROUP_ROWS or self._group_text + size > ROW_GROUP_TEXT_BYTES:
+                self._flush()
+            self._group.append((f, j))
+            self._group_text += size
+            self.rows += 1
+
+    def close(self) -> list[str]:
+        """Write what is left, wait for every shard and name them; the shard names, in order."""
+        self._flush()
+        if self._shards:
+            self._shards[-1].finish()
+        while self._pending:
+            self._pending.popleft().result()
+        for shard in self._shards:
+            shard.join()
+        names = shard_names(self.split, len(self._shards))
+        for shard, name in zip(self._shards, names, strict=True):
+            os.replace(shard.path, self.folder / name)
+        return names
+
+    def abort(self) -> None:
+        """Drop what waits and stop every shard's thread (the files are left as they are)."""
+        for future in self._pending:
+            future.cancel()
+        for shard in self._shards:
+            shard.join(abandon=True)
+
+    def _flush(self) -> None:
+        if not self._group:
+            return
+        self._pending.append(self._shards[-1].write(self._group))
+        self._group, self._group_text = [], 0
+        while self._pending and (self._pending[0].done() or len(self._pending) > self.max_pending):
+            self._pending.popleft().result()  # raises what the thread raised
+
+
+class _ShardThread:
+    """One shard's Parquet file, written group by group on its own thread, in the order submitted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fimtune-write")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, rows: list[tuple[FileExamples, int]]) -> Future[None]:
+        return self._pool.submit(self._write, rows)
+
+    def finish(self) -> None:
+        """No more rows: the file is closed after the last group (join waits for it)."""
+        self._pool.submit(self._close)
+        self._pool.shutdown(wait=False)
+
+    def join(self, abandon: bool = False) -> None:
+        """Wait for the thread; with abandon, drop the groups still waiting and close the file as it is."""
+        self._pool.shutdown(wait=True, cancel_futures=abandon)
+        if abandon:
+            with contextlib.suppress(Exception):  # the error that led here is the one to report
+                self._close()
+
+    def _write(self, rows: list[tuple[FileExamples, int]]) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, SCHEMA, **WRITE_OPTIONS)
+        self._writer.write_table(_table(rows), row_group_size=ROW_GROUP_ROWS)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
 
 def _strings(pieces: Sequence[bytes | memoryview]) -> pa.Array:
