@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHashLSH
 
 from fimtune.config import DedupConfig
 
@@ -18,8 +18,8 @@ _MINHASH_SEED = 1
 # smallest hash that fell in it (low 32 bits stored); an empty bin copies the first non-empty bin along a fixed
 # pseudo-random probe sequence of its own. Two files agree on a bin with probability their shingle sets'
 # Jaccard similarity, as with num_perm independent permutations, for the cost of one hash per shingle.
-# The values are 32-bit, so datasketch's MinHash holds them under its "affine32" label (only compared with
-# each other; datasketch never rehashes them).
+# The values are 32-bit, so datasketch's LeanMinHash (a MinHash made from its values, no permutations) holds
+# them under its "affine32" label: only compared with each other, never rehashed.
 _SCHEME = "affine32"
 _LOW32 = np.uint64(0xFFFFFFFF)
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -179,8 +179,6 @@ class Deduplicator:
         self._lsh = (
             MinHashLSH(num_perm=cfg.num_perm, params=lsh_params(cfg.threshold, cfg.num_perm)) if cfg.near else None
         )
-        # datasketch wants permutation parameters with each MinHash; ours are never used (values come made).
-        self._permutations = np.array([np.ones(cfg.num_perm), np.zeros(cfg.num_perm)], dtype=np.uint64)
         self._signatures: dict[str, np.ndarray] = {}
         self._names: dict[str, tuple[str, str]] = {}
         self._last: tuple[str, str] | None = None
@@ -198,7 +196,7 @@ class Deduplicator:
         if self._lsh is None or item.signature is None:
             return None
         sig = item.signature
-        mh = MinHash(seed=_MINHASH_SEED, hashvalues=sig, permutations=self._permutations, scheme=_SCHEME)
+        mh = LeanMinHash(seed=_MINHASH_SEED, hashvalues=sig, scheme=_SCHEME)
         candidates = sorted(
             self._names[c] for c in self._lsh.query(mh) if _jaccard(self._signatures[c], sig) >= cfg.threshold
         )
