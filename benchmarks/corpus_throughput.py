@@ -48,8 +48,13 @@ def default_source() -> Path:
 
 def cpu_seconds() -> float:
     """CPU seconds of this process and of its finished children (pool workers are joined by then)."""
+    return sum(cpu_split())
+
+
+def cpu_split() -> tuple[float, float]:
+    """CPU seconds of this process (all its threads), and of its finished children."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def parse_items(root: Path, languages: set[str], filtered: bool = False) -> list[walk.WalkItem]:
@@ -90,15 +95,21 @@ def parse_only(root: Path, languages: set[str], processes: int = 1, filtered: bo
     return total, time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def build(root: Path, workers: int, context: bool, languages: list[str]) -> tuple[int, float, float, dict[str, Any]]:
-    """One `build_corpus` into a temporary folder: (bytes in, seconds, CPU seconds, manifest)."""
+def build(
+    root: Path, workers: int, context: bool, languages: list[str]
+) -> tuple[int, float, float, dict[str, Any], float]:
+    """One `build_corpus` into a temporary folder: (bytes in, seconds, CPU seconds, manifest, CPU seconds of the
+    main process alone: walk, dedup, split, context index and the Parquet writer's threads)."""
     out = Path(tempfile.mkdtemp(prefix="fimtune-bench-"))
     try:
         cfg = CorpusConfig(repos=[str(root)], out=str(out / "c"), workers=workers, languages=languages)
         cfg.context.enabled = context
-        cpu, start = cpu_seconds(), time.perf_counter()
+        (own, children), start = cpu_split(), time.perf_counter()
         manifest = build_corpus(cfg, progress=False)
-        return manifest["bytes_in"], time.perf_counter() - start, cpu_seconds() - cpu, manifest
+        secs = time.perf_counter() - start
+        own_after, children_after = cpu_split()
+        main = own_after - own
+        return manifest["bytes_in"], secs, main + children_after - children, manifest, main
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -113,16 +124,19 @@ def measure(root: Path, args: argparse.Namespace) -> tuple[list[str], dict[str, 
     langs = set(args.languages)
     # (label, processes, bytes, seconds, CPU seconds, manifest)
     rows: list[tuple[str, int, int, float, float, dict[str, Any] | None]] = []
+    main_cpu: dict[str, float] = {}  # build rows: CPU seconds of the main process
     parse_bytes, parse_s, parse_cpu = best_of(args.repeat, lambda: parse_only(root, langs))
     rows.append(("tree-sitter parse only", 1, parse_bytes, parse_s, parse_cpu, None))
     if args.workers > 1:
         nbytes, secs, cpu = best_of(args.repeat, lambda: parse_only(root, langs, args.workers))
         rows.append((f"tree-sitter parse only, {args.workers} processes", args.workers, nbytes, secs, cpu, None))
     for context in [False] if args.skip_context else [False, True]:
-        nbytes, secs, cpu, manifest = best_of(
+        nbytes, secs, cpu, manifest, main = best_of(
             args.repeat, lambda c=context: build(root, args.workers, c, args.languages)
         )
-        rows.append((f"whole build, context {'on' if context else 'off'}", args.workers, nbytes, secs, cpu, manifest))
+        label = f"whole build, context {'on' if context else 'off'}"
+        rows.append((label, args.workers, nbytes, secs, cpu, manifest))
+        main_cpu[label] = main
 
     def rate(row: tuple[str, int, int, float, float, Any]) -> float:
         return row[2] / 1e6 / row[3] / row[1]
@@ -167,10 +181,14 @@ def measure(root: Path, args: argparse.Namespace) -> tuple[list[str], dict[str, 
         f"files the content filters keep: {kept_bytes / 1e6:.1f} of {parse_bytes / 1e6:.1f} MB; parsing them alone "
         f"takes {kept_cpu:.2f} CPU s, {kept_cpu / off[4]:.2f} of the whole build's (context off)"
     )
-    for label, _procs, _nbytes, _secs, _cpu, manifest in rows:
+    for label, _procs, _nbytes, _secs, cpu, manifest in rows:
         if manifest:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in manifest["stage_seconds"].items())
             lines.append(f"stage seconds, {label}: {stages}")
+            lines.append(
+                f"CPU seconds, {label}: workers {cpu - main_cpu[label]:.2f}, main process {main_cpu[label]:.2f} "
+                "(walk, dedup, split, context index, Parquet writer threads)"
+            )
     summary = {
         "source": shown(root),
         "mb": parse_bytes / 1e6,
