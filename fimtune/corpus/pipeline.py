@@ -2,7 +2,8 @@
 
     walk (main) -> read, filter, redact secrets, sign, parse once, cut middles, index entries (workers, one pass
       per file) -> in (repo, path) order as the files come in: dedup, split, write (main; shards on threads)
-    with cross-file context, the write waits for: repo index (main) -> context per example (workers)
+    with cross-file context, the write waits instead for: repo index (main) -> context per middle (workers, in
+      the same order, each file written once it has its contexts)
 
 Work is per file, spread over processes; files are taken in (repo, path) order, their results put back in
 that order before dedup, and every random choice is seeded from (seed, repo, path), so the output does not
@@ -10,7 +11,8 @@ depend on the number of workers. A file's text crosses between processes once (w
 context, a file's rows are written as soon as every file before it has come in, so the Parquet writer
 (threads of the main process: pyarrow's writer runs without the GIL) works alongside the workers and a kept
 file's text is let go once written. With context, every kept file is held until the repository index is
-built; context workers read them from memory they share with the main process (workers.forked_map).
+built; context workers read them from memory they share with the main process (workers.forked_map), and the
+write runs alongside them.
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ def _examples(r: FileResult, contexts: Sequence[tuple[Snippet, ...]] = ()) -> wr
 
 def _contexts(
     kept: list[FileResult], repos: list[Repo], cfg: CorpusConfig, workers: int, progress: bool
-) -> dict[int, list[tuple[Snippet, ...]]]:
-    """The context of every middle of the kept files (by index in kept), with the retriever the server uses."""
+) -> Iterator[tuple[int, list[tuple[Snippet, ...]]]]:
+    """(index in kept, the context of each of its middles) for every kept file with middles, in kept order, each
+    as soon as the files before it are done: made with the retriever the server uses, on the workers."""
     from fimtune import context
 
     _STATE["kept"] = kept
@@ -183,7 +186,9 @@ def _contexts(
     }
     with_spans = [i for i, r in enumerate(kept) if r.spans]
     sizes = [kept[i].size for i in with_spans]
-    return {with_spans[k]: ctx for k, ctx in _run(_context_one, with_spans, workers, "context", sizes, progress)}
+    done = _run(_context_one, with_spans, workers, "context", sizes, progress, largest_first=False)
+    for k, ctx in enumerate(_in_order(done)):
+        yield with_spans[k], ctx
 
 
 def _run(
@@ -401,12 +406,11 @@ def _build(
                 writers[side].add(_examples(res))
         timer.lap("files")
 
-        # 4. Cross-file context with the same retriever the server uses, then the write.
+        # 4. Cross-file context with the same retriever the server uses, each file written once it has its own.
         if cfg.context.enabled:
-            contexts = _contexts(kept, repos, cfg, workers, progress)
+            for i, contexts in _contexts(kept, repos, cfg, workers, progress):
+                writers[kept_sides[i]].add(_examples(kept[i], contexts))
             timer.lap("context")
-            for i in tqdm(range(len(kept)), desc="writing", unit="file", disable=not progress, leave=False):
-                writers[kept_sides[i]].add(_examples(kept[i], contexts.get(i, ())))
         shards = {name: writer.close() for name, writer in writers.items()}
     timer.lap("write")
     examples = {name: writer.rows for name, writer in writers.items()}
