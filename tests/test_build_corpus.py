@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,26 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path, mo
     assert shard_bytes(out) == shard_bytes(fresh)
     assert not list(out.glob(".staging-*"))
     assert len(shard_bytes(out)) > 2
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_an_error_in_the_build_stops_its_workers_before_it_reaches_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: bool
+) -> None:
+    def broken(self: write.SplitWriter, f: write.FileExamples) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(write.SplitWriter, "add", broken)
+    cfg = CorpusConfig(repos=[str(FIXTURES / r) for r in REPOS], out=str(tmp_path / "out"), workers=2)
+    cfg.context.enabled = context
+    try:
+        build_corpus(cfg, progress=False)
+    except KeyboardInterrupt:  # in the handler, the traceback keeps the build's frames alive
+        with pytest.raises(ChildProcessError):  # yet no worker is left running, or waiting to be reaped
+            os.waitpid(-1, os.WNOHANG)
+    else:
+        pytest.fail("the build did not raise")
+    assert not list((tmp_path / "out").glob(".staging-*"))
 
 
 def test_rerun_same_command_is_fine_but_a_different_corpus_is_refused(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,9 +186,9 @@ def _contexts(
     }
     with_spans = [i for i, r in enumerate(kept) if r.spans]
     sizes = [kept[i].size for i in with_spans]
-    done = _run(_context_one, with_spans, workers, "context", sizes, progress, largest_first=False)
-    for k, ctx in enumerate(_in_order(done)):
-        yield with_spans[k], ctx
+    with closing(_run(_context_one, with_spans, workers, "context", sizes, progress, largest_first=False)) as done:
+        for k, ctx in enumerate(_in_order(done)):
+            yield with_spans[k], ctx
 
 
 def _run(
@@ -199,7 +199,7 @@ def _run(
     sizes: list[int] | None,
     progress: bool,
     largest_first: bool = True,
-) -> Iterator[tuple[int, R]]:
+) -> Generator[tuple[int, R], None, None]:
     """Map fn over items on `workers` processes (in this process when 1), with a progress bar (MB/s from sizes).
 
     Yields (index in items, result) in the order results finish: callers that need an order sort by index,
@@ -375,7 +375,8 @@ def _build(
             name: stack.enter_context(write.SplitWriter(staging / "data", name, cfg.shard_examples))
             for name in ("train", "test")
         }
-        files = _run(_process_one, jobs, workers, "files", sizes, progress, largest_first=False)
+        # Closed on the way out, so an error or Ctrl-C stops the workers now, not when its traceback is let go.
+        files = stack.enter_context(closing(_run(_process_one, jobs, workers, "files", sizes, progress, False)))
         for res in _in_order(files):
             bytes_in += res.size
             if res.secrets:
