@@ -320,15 +320,22 @@ def test_split_writer_bytes_depend_on_the_rows_alone(tmp_path: Path, monkeypatch
     assert written[1] == written[100]
 
 
-def test_split_writer_raises_what_its_thread_raised_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["row group", "footer"])
+def test_split_writer_raises_what_its_thread_raised_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     from fimtune.records import Span
 
-    def broken(rows: list) -> None:
+    def broken(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(write, "_table", broken)
+    if where == "row group":
+        monkeypatch.setattr(write, "_table", broken)
+    else:  # the shard's last step, on its thread: a shard whose footer failed must not be named as finished
+        monkeypatch.setattr(write._ShardThread, "_close", broken)
     f = write.FileExamples("r", "a.py", "python", "a", b"x = 1\n", [Span(0, 1, "line")])
     with pytest.raises(OSError, match="disk full"), write.SplitWriter(tmp_path, "train", shard_examples=10) as writer:
         writer.add(f)
         writer.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("fimtune-write")]
+    assert not list(tmp_path.glob("*.parquet"))

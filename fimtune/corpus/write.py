@@ -119,7 +119,7 @@ class SplitWriter:
             if self.rows % self.shard_examples == 0:  # the first row of a shard
                 self._flush()
                 if self._shards:
-                    self._shards[-1].finish()
+                    self._pending.append(self._shards[-1].finish())
                 self._shards.append(_ShardThread(self.folder / f"{self.split}-{len(self._shards):05d}.parquet.partial"))
             elif len(self._group) == ROW_GROUP_ROWS or self._group_text + size > ROW_GROUP_TEXT_BYTES:
                 self._flush()
@@ -131,7 +131,7 @@ class SplitWriter:
         """Write what is left, wait for every shard and name them; the shard names, in order."""
         self._flush()
         if self._shards:
-            self._shards[-1].finish()
+            self._pending.append(self._shards[-1].finish())
         while self._pending:
             self._pending.popleft().result()
         for shard in self._shards:
@@ -168,10 +168,11 @@ class _ShardThread:
     def write(self, rows: list[tuple[FileExamples, int]]) -> Future[None]:
         return self._pool.submit(self._write, rows)
 
-    def finish(self) -> None:
-        """No more rows: the file is closed after the last group (join waits for it)."""
-        self._pool.submit(self._close)
+    def finish(self) -> Future[None]:
+        """No more rows: the file is closed after the last group (its footer written; join waits for it)."""
+        closed = self._pool.submit(self._close)
         self._pool.shutdown(wait=False)
+        return closed
 
     def join(self, abandon: bool = False) -> None:
         """Wait for the thread; with abandon, drop the groups still waiting and close the file as it is."""
