@@ -186,8 +186,8 @@ def _contexts(
     }
     with_spans = [i for i, r in enumerate(kept) if r.spans]
     sizes = [kept[i].size for i in with_spans]
-    with closing(_run(_context_one, with_spans, workers, "context", sizes, progress, largest_first=False)) as done:
-        for k, ctx in enumerate(_in_order(done)):
+    with closing(_run(_context_one, with_spans, workers, "context", sizes, progress)) as done:
+        for k, ctx in enumerate(done):
             yield with_spans[k], ctx
 
 
@@ -198,21 +198,17 @@ def _run(
     desc: str,
     sizes: list[int] | None,
     progress: bool,
-    largest_first: bool = True,
-) -> Generator[tuple[int, R], None, None]:
+) -> Generator[R, None, None]:
     """Map fn over items on `workers` processes (in this process when 1), with a progress bar (MB/s from sizes).
 
-    Yields (index in items, result) in the order results finish: callers that need an order sort by index,
-    or put them back in order with _in_order. Items are handed out in their order, or with sizes and
-    largest_first, largest first, so no worker is left with a big one at the end.
+    Items are handed out in their order, in chunks; each result is yielded, in item order, as soon as every one
+    before it has come in, so the caller can write while the workers go on.
     """
     bar = tqdm(
         total=len(items), desc=desc, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False
     )
     start, done_bytes = time.perf_counter(), 0
-    order = list(range(len(items)))
-    if sizes is not None and largest_first:
-        order.sort(key=lambda i: -sizes[i])
+    order = range(len(items))
 
     def indexed(i: int) -> tuple[int, R]:  # workers are forked or threads: nothing here is pickled
         return i, fn(items[i])
@@ -226,24 +222,18 @@ def _run(
             forked = workers_.forked_map(indexed, order, min(workers, len(items)), chunk)
             stack.callback(forked.close)  # kills and reaps the workers when the caller stops early
             results = (r for _, r in forked)
+        waiting: dict[int, R] = {}  # results that came in before one of an earlier item
+        upcoming = 0
         for n, (i, r) in enumerate(results):
             if sizes is not None:
                 done_bytes += sizes[i]
                 if n % 50 == 0:
                     bar.set_postfix_str(f"{done_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
             bar.update()
-            yield i, r
-
-
-def _in_order(results: Iterable[tuple[int, R]]) -> Iterator[R]:
-    """The results of _run in index order, each as soon as every one before it has come in."""
-    waiting: dict[int, R] = {}
-    upcoming = 0
-    for i, r in results:
-        waiting[i] = r
-        while upcoming in waiting:
-            yield waiting.pop(upcoming)
-            upcoming += 1
+            waiting[i] = r
+            while upcoming in waiting:
+                yield waiting.pop(upcoming)
+                upcoming += 1
 
 
 class _Timer:
@@ -368,7 +358,6 @@ def _build(
     test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
     sides: dict[tuple[str, str], str] = {}
     kept: list[FileResult] = []  # with context only: the kept files wait for the repository index
-    kept_sides: list[str] = []
     sizes = [j[2].size for j in jobs]
     with ExitStack() as stack:
         writers = {
@@ -376,8 +365,8 @@ def _build(
             for name in ("train", "test")
         }
         # Closed on the way out, so an error or Ctrl-C stops the workers now, not when its traceback is let go.
-        files = stack.enter_context(closing(_run(_process_one, jobs, workers, "files", sizes, progress, False)))
-        for res in _in_order(files):
+        files = stack.enter_context(closing(_run(_process_one, jobs, workers, "files", sizes, progress)))
+        for res in files:
             bytes_in += res.size
             if res.secrets:
                 files_with_secrets += 1
@@ -402,7 +391,6 @@ def _build(
             parse_failures += not res.parse_ok
             if cfg.context.enabled:
                 kept.append(res)
-                kept_sides.append(side)
             else:
                 writers[side].add(_examples(res))
         timer.lap("files")
@@ -410,7 +398,7 @@ def _build(
         # 4. Cross-file context with the same retriever the server uses, each file written once it has its own.
         if cfg.context.enabled:
             for i, contexts in _contexts(kept, repos, cfg, workers, progress):
-                writers[kept_sides[i]].add(_examples(kept[i], contexts))
+                writers[sides[kept[i].repo, kept[i].path]].add(_examples(kept[i], contexts))
             timer.lap("context")
         shards = {name: writer.close() for name, writer in writers.items()}
     timer.lap("write")
