@@ -4,7 +4,7 @@ multiprocessing.Pool pickles every job to its worker and runs three threads in t
 take results in; with a few hundred files of a few milliseconds each, that bookkeeping took a tenth of the
 parent's CPU time and slowed the workers it shares the cores with. Here the workers are forked after the jobs
 exist, so they read them from memory they share with the parent, take chunks of job indices from a shared
-counter (largest jobs first, as the caller orders them), and send each chunk's results back on their own pipe.
+counter (in the order the caller gives them), and send each chunk's results back on their own pipe.
 The parent only waits on the pipes.
 
 A worker that raises sends its exception back and the parent raises it (chained to a WorkerError holding the
