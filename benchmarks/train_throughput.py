@@ -1,6 +1,8 @@
-"""Training throughput: tokens/s and real-token share with padding-free packing on and off, side by side.
+"""Training throughput: tokens/s and real-token share with padding-free packing on and off, in fp32 and bf16, side
+by side, with the loss after the same steps from the same seed (fp32 and bf16 should agree within noise).
 
 CPU (no download):  python benchmarks/train_throughput.py --model-config tiny --threads 1
+                    python benchmarks/train_throughput.py --model-config nano --threads 2 --packings padded
 GPU (random weights of a real architecture, no download):
     python benchmarks/train_throughput.py --model-config qwen2-0.5b --seq-len 2048 --batch-tokens 16384 \
         --attn flash_attention_2 [--quantize 4bit] [--gradient-checkpointing]
@@ -84,11 +86,13 @@ def corpus_for_bench(folder: Path) -> Path:
     return folder
 
 
-def run(args: argparse.Namespace, packing: bool, base: str, template: str, corpus: Path, work: Path) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, packing: bool, dtype: str, base: str, template: str, corpus: Path, work: Path
+) -> dict[str, Any]:
     from fimtune.train.config import TrainConfig
     from fimtune.train.sft import train
 
-    out = work / f"run-{'packed' if packing else 'padded'}"
+    out = work / f"run-{'packed' if packing else 'padded'}-{dtype}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(
         corpus=str(corpus),
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace, packing: bool, base: str, template: str, corpu
         seq_len=args.seq_len,
         batch_tokens=args.batch_tokens,
         packing="padding_free" if packing else "padded",
+        dtype=dtype,
         quantize=args.quantize,
         attention=args.attn,
         gradient_checkpointing=args.gradient_checkpointing,
@@ -112,7 +117,9 @@ def run(args: argparse.Namespace, packing: bool, base: str, template: str, corpu
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-config", default="tiny", choices=["tiny", *MODEL_CONFIGS])
+    p.add_argument("--model-config", default="tiny", choices=["tiny", "nano", *MODEL_CONFIGS])
+    p.add_argument("--packings", default="padding_free,padded", help="comma-separated: padding_free, padded")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16 (bf16 only where supported)")
     p.add_argument("--corpus", help="corpus folder (default: build one from this repository)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seq-len", type=int, default=512)
@@ -134,14 +141,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fimtune-bench-") as tmp:
         work = Path(tmp)
         corpus = Path(args.corpus) if args.corpus else corpus_for_bench(work / "corpus")
-        if args.model_config == "tiny":
-            base, template = "tiny", "auto"
+        if args.model_config in ("tiny", "nano"):
+            base, template = args.model_config, "auto"
         else:
             path, template = random_model(args.model_config, work / args.model_config)
             base = str(path)
-        results = {packing: run(args, packing, base, template, corpus, work) for packing in (True, False)}
+        from fimtune.train.model import bf16_supported
 
-    on_gpu = torch.cuda.is_available()
+        on_gpu = torch.cuda.is_available()
+        dtypes = [d for d in args.dtypes.split(",") if d == "fp32" or bf16_supported("cuda" if on_gpu else "cpu")]
+        packings = [p == "padding_free" for p in args.packings.split(",")]
+        results = {
+            (packing, dtype): run(args, packing, dtype, base, template, corpus, work)
+            for dtype in dtypes
+            for packing in packings
+        }
+
     device = (
         torch.cuda.get_device_name(0)
         if on_gpu
@@ -151,15 +166,17 @@ def main() -> int:
     print(f"steps {args.steps}, seq-len {args.seq_len}, batch-tokens {args.batch_tokens}, quantize {args.quantize}")
     print()
     print(
-        "| packing | tokens/s | real tokens/s | real-token share | target tokens | step time (s) "
-        "| peak memory (MiB) | attention |"
+        "| packing | dtype | tokens/s | real tokens/s | real-token share | target tokens | step time (s) "
+        "| peak memory (MiB) | attention | loss at the last step |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
     rows = {}
-    for packing, r in results.items():
+    for (packing, dtype), r in results.items():
         step = r["train_runtime_s"] / max(1, r["steps"] - r["start_step"])
         row = {
             "packing": "padding-free" if packing else "padded, length-grouped",
+            "dtype": dtype,
+            "loss": r["loss_curve"][-1]["loss"] if r["loss_curve"] else None,
             "tokens_per_s": r["tokens_per_s"],
             "real_tokens_per_s": r["real_tokens_per_s"],
             "real_token_share": r["real_token_share"],
@@ -171,12 +188,21 @@ def main() -> int:
         # MFU: 6 N FLOPs per token for forward + backward (a frozen base still runs backward through activations).
         if on_gpu:
             row["mfu"] = round(6 * r["total_params"] * r["real_tokens_per_s"] / (args.peak_tflops * 1e12), 4)
-        rows["packed" if packing else "padded"] = row
+        rows[f"{'packed' if packing else 'padded'}-{dtype}"] = row
         print(
-            f"| {row['packing']} | {row['tokens_per_s']:.0f} | {row['real_tokens_per_s']:.0f} | "
+            f"| {row['packing']} | {dtype} | {row['tokens_per_s']:.0f} | {row['real_tokens_per_s']:.0f} | "
             f"{row['real_token_share']:.3f} | {row['target_tokens']} | {row['step_s']:.3f} | "
-            f"{row['peak_memory_mib']:.0f} | {row['attention']} |" + (f" MFU {row['mfu']:.3f}" if on_gpu else "")
+            f"{row['peak_memory_mib']:.0f} | {row['attention']} | {row['loss']:.4f} |"
+            + (f" MFU {row['mfu']:.3f}" if on_gpu else "")
         )
+    for packing in packings:
+        a, b = results.get((packing, "fp32")), results.get((packing, "bf16"))
+        if a and b:
+            print(
+                f"\n{'padding-free' if packing else 'padded'}: bf16/fp32 tokens/s "
+                f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x; loss at the last step fp32 "
+                f"{a['loss_curve'][-1]['loss']:.4f}, bf16 {b['loss_curve'][-1]['loss']:.4f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": device, "results": rows}, indent=2))
     return 0

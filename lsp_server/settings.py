@@ -48,6 +48,7 @@ class Settings:
     base_model: str = field(default_factory=default_base_model)  # `pico` when installed, else `tiny`
     template: str = "auto"
     device: str = "auto"
+    dtype: str = "auto"
     max_tokens: int = 64
     debounce_ms: int = 75
     timeout_ms: int = 5000
@@ -73,6 +74,7 @@ class Settings:
             run=self.run,
             base_model=base,
             device=self.device,
+            dtype=self.dtype,
             fixed_text=self.fixed.text,
             fixed_delay_s=self.fixed.delay_ms / 1000.0,
             fixed_error=self.fixed.error,
@@ -99,6 +101,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "engine": (lambda v: v in ENGINES, f"one of {', '.join(ENGINES)}"),
     "template": (lambda v: v == "auto" or v in TEMPLATES, f"auto or one of {', '.join(TEMPLATES)}"),
     "device": (lambda v: _DEVICE_RE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N"),
+    "dtype": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     "maxTokens": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
     "debounceMs": (lambda v: 0 <= v <= 5000, "an integer from 0 to 5000"),
     "timeoutMs": (lambda v: 50 <= v <= 600_000, "an integer from 50 to 600000"),

@@ -44,7 +44,10 @@ def request(engine: LocalEngine, fim: FimRequest = FIM, **changes: object) -> En
 
 def test_is_an_engine_with_the_base_template_and_exact_budgets(base: LocalEngine) -> None:
     assert isinstance(base, Engine) and base.name == "local"
-    assert base.device == "cpu" and base.dtype == torch.float32 and not base.model.training
+    from fimtune.train.model import bf16_supported
+
+    expected = torch.bfloat16 if bf16_supported("cpu") else torch.float32  # dtype auto (test_dtype.py pins both)
+    assert base.device == "cpu" and base.dtype == expected and not base.model.training
     spec = base.prompt_spec()
     assert spec.template.name == "fimtune" and spec.meta is None
     req = spec.request(FIM, max_tokens=10)

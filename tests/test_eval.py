@@ -192,7 +192,7 @@ def test_bad_input_is_one_actionable_line(
     assert "--compare needs --run" in error(*corpus, "--base-model", "tiny", "--compare")
     assert "use one of local, openai" in error(*corpus, "--base-model", "tiny", "--engine", "vllm")
     assert "needs --engine local" in error(*corpus, "--run", str(tiny_run), "--compare", "--engine", "openai")
-    assert "--run RUN" in error(*corpus)
+    assert "--run RUN" in error(*corpus, "--engine", "openai", "--endpoint", "http://127.0.0.1:9")  # no default
     assert "--split must be one of" in error(*corpus, "--base-model", "tiny", "--split", "validation")
     assert not (tmp_path / "r.json").exists()
 
@@ -204,3 +204,17 @@ def test_run_eval_is_deterministic(fimtune_cache: Path, tiny_corpus: Path, tmp_p
         return {k: v for k, v in result.report["models"]["base"].items() if k not in ("timing",)}
 
     assert scores(tmp_path / "a.json") == scores(tmp_path / "b.json")
+
+
+def test_without_a_model_the_best_builtin_base_is_evaluated(
+    fimtune_cache: Path, tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fimtune.train.model import ensure_tiny_model, packaged_model_dir
+
+    if (packaged_model_dir("pico") / "config.json").exists():
+        pytest.skip("pico is shipped: it is the default")
+    monkeypatch.setenv("FIMTUNE_NANO", str(ensure_tiny_model()))  # any model folder stands in for nano here
+    out = tmp_path / "r.json"
+    assert eval_cli("--corpus", str(tiny_corpus), "--limit", "2", "--max-tokens", "4", "--out", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["models"]["base"]["description"] == "nano (base model)"

@@ -189,6 +189,22 @@ def test_collect_keeps_permissive_and_holds_out_whole_packages(site: Path) -> No
     assert any(p.reason == "larger than the room left under the data cap" for p in a.packages)
 
 
+def test_package_cap_samples_whole_files_of_large_packages(site: Path) -> None:
+    whole = collect([str(site)], [], holdout=["beta"], holdout_count=0, max_bytes=0, seed=0)
+    alpha_bytes = sum(len(d.text.encode()) for d in whole.train if d.package == "alpha")
+    cap = alpha_bytes // 2
+    got = collect([str(site)], [], holdout=["beta"], holdout_count=0, max_bytes=0, seed=0, max_package_bytes=cap)
+    alpha = [d for d in got.train if d.package == "alpha"]
+    assert 0 < sum(len(d.text.encode()) for d in alpha) <= cap and len(alpha) < 4
+    assert {d.text for d in alpha} <= {d.text for d in whole.train}  # whole files, never cut
+    pkg = next(p for p in got.packages if p.name == "alpha")
+    assert pkg.status == "train" and pkg.reason == f"sampled {len(alpha)} of 4 files (package cap)"
+    # Packages under the cap are whole; the same seed samples the same files.
+    assert [d.path for d in got.train if d.package == "eps"] == [d.path for d in whole.train if d.package == "eps"]
+    again = collect([str(site)], [], holdout=["beta"], holdout_count=0, max_bytes=0, seed=0, max_package_bytes=cap)
+    assert [d.path for d in again.train] == [d.path for d in got.train]
+
+
 def test_node_modules_packages(tmp_path: Path) -> None:
     nm = tmp_path / "node_modules"
     for name, lic in (("left-pad", "MIT"), ("@scope/tool", "Apache-2.0"), ("gpl-thing", "GPL-3.0")):
@@ -361,6 +377,9 @@ def test_preset_parameter_counts() -> None:
             model = LlamaForCausalLM(llama_config(preset, preset.vocab_size, 3, 6))
         assert sum(p.numel() for p in model.parameters()) == preset.param_count()
     assert 0.8e6 <= PRESETS["micro"].param_count() <= 1.3e6
+    nano = PRESETS["nano"]
+    assert 5e6 <= nano.param_count() <= 8e6 and nano.save_dtype == "bfloat16"
+    assert nano.param_count() * 2 <= 14 * 2**20  # the shipped weights, tokenizer and manifests stay under 16 MB
     pico = PRESETS["pico"]
     assert 20e6 <= pico.param_count() <= 30e6
     weight_bytes = pico.param_count() * 2  # bf16
@@ -444,30 +463,38 @@ def test_pretrain_cli_end_to_end(run: Path) -> None:
     assert provenance["template"] == "fimtune" and provenance["trained"]["finished"]
 
 
-def test_base_model_pico(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fimtune.train.model import ModelError, packaged_pico_dir, resolve_base_model
+@pytest.mark.parametrize("name", ["pico", "nano"])
+def test_base_model_builtin(name: str, run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fimtune.train.model import BUILTIN_MODELS, ModelError, packaged_model_dir, resolve_base_model
 
-    monkeypatch.delenv("FIMTUNE_PICO", raising=False)
-    if not (packaged_pico_dir() / "config.json").exists():
-        with pytest.raises(ModelError, match=r"fimtune pretrain --preset pico") as e:
-            resolve_base_model("pico")
-        assert "FIMTUNE_PICO" in str(e.value) and str(packaged_pico_dir()) in str(e.value)
-    monkeypatch.setenv("FIMTUNE_PICO", str(run / "nowhere"))
-    with pytest.raises(ModelError, match=r"FIMTUNE_PICO=.*nowhere is not a model folder"):
-        resolve_base_model("pico")
-    monkeypatch.setenv("FIMTUNE_PICO", str(run / "model"))
-    assert resolve_base_model("pico") == run / "model"
+    env = BUILTIN_MODELS[name][0]
+    monkeypatch.delenv(env, raising=False)
+    if not (packaged_model_dir(name) / "config.json").exists():
+        with pytest.raises(ModelError, match=rf"fimtune pretrain --preset {name}") as e:
+            resolve_base_model(name)
+        assert env in str(e.value) and str(packaged_model_dir(name)) in str(e.value)
+    monkeypatch.setenv(env, str(run / "nowhere"))
+    with pytest.raises(ModelError, match=rf"{env}=.*nowhere is not a model folder"):
+        resolve_base_model(name)
+    monkeypatch.setenv(env, str(run / "model"))
+    assert resolve_base_model(name) == run / "model"
 
 
-def test_pico_is_the_default_base_when_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fimtune.train.model import default_base_model, packaged_pico_dir
+def test_default_base_is_the_best_builtin_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fimtune.train.model import default_base_model, packaged_model_dir
     from lsp_server.settings import Settings
 
+    pico_shipped = (packaged_model_dir("pico") / "config.json").exists()
+    nano_shipped = (packaged_model_dir("nano") / "config.json").exists()
+    monkeypatch.setenv("FIMTUNE_NANO", str(run / "model"))
     monkeypatch.setenv("FIMTUNE_PICO", str(run / "model"))
     assert default_base_model() == "pico" and Settings().base_model == "pico"
-    if not (packaged_pico_dir() / "config.json").exists():
-        monkeypatch.delenv("FIMTUNE_PICO")
-        assert default_base_model() == "tiny" and Settings().base_model == "tiny"
+    monkeypatch.delenv("FIMTUNE_PICO")
+    if not pico_shipped:
+        assert default_base_model() == "nano" and Settings().base_model == "nano"
+        monkeypatch.delenv("FIMTUNE_NANO")
+        expected = "nano" if nano_shipped else "tiny"
+        assert default_base_model() == expected and Settings().base_model == expected
 
 
 def test_train_minutes_sizes_the_schedule(site: Path, tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ class EngineSettings:
     run: str = ""  # local: a `fimtune train` run folder (adapter + fimtune.json)
     base_model: str = ""  # local: a model folder, hub id or preset (`tiny`); from the run's fimtune.json if empty
     device: str = "auto"  # local: auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # local: auto (bf16 where torch reports bf16 matrix support on the device) | fp32 | bf16
     fixed_text: str = ""  # fixed: the completion it returns (a deterministic engine for tests and wiring checks)
     fixed_delay_s: float = 0.0  # fixed: how long each call takes (cancellable)
     fixed_error: str = ""  # fixed: raise EngineError with this message instead of answering

@@ -19,7 +19,14 @@ from fimtune.fim_format import FimFormatError, get_template, prompt_ids
 from fimtune.prompting import PromptSpec
 from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta
 from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
-from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
+from fimtune.train.model import (
+    ModelError,
+    context_limit,
+    load_tokenizer,
+    model_type_of,
+    resolve_base_model,
+    resolve_dtype,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -104,7 +111,12 @@ class LocalEngine:
             raise EngineError(f"local engine: {e}") from None
         self.fim_tokenizer = as_fim_tokenizer(self.tokenizer)
         self.device = pick_device(settings.device)
-        self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        try:
+            compute = resolve_dtype(settings.dtype, self.device.split(":")[0], setting="dtype")
+        except ModelError as e:
+            raise EngineError(f"local engine: {e}") from None
+        # Inference needs no fp32 master weights: bf16 weights where the device has bf16 matrix kernels.
+        self.dtype = torch.bfloat16 if compute == "bf16" else torch.float32
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(str(self.base_path), dtype=self.dtype)
         except (OSError, ValueError) as e:

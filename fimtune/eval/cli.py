@@ -17,7 +17,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "edit similarity overall, per span kind and per language. Writes report.json, report.md and report.png.",
     )
     p.add_argument("--corpus", required=True, help="corpus folder written by `fimtune build-corpus`")
-    p.add_argument("--base-model", help="model folder, Hugging Face model id, or `tiny` (default: the run's base)")
+    p.add_argument(
+        "--base-model",
+        help="model folder, Hugging Face model id, or a built-in model (`nano`, `pico`, `tiny`); default: the "
+        "run's base, or without --run the best built-in model installed",
+    )
     p.add_argument("--run", help="a `fimtune train` run folder (adapter + fimtune.json)")
     p.add_argument("--compare", action="store_true", help="also evaluate the run's base model; report the difference")
     p.add_argument(
@@ -35,6 +39,12 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="tokens per completion (default: the middle budget)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample and of the bootstrap")
     p.add_argument("--device", default="auto", help="local engine: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="local engine: auto (default) is bf16 where torch reports bf16 matrix support on the device, else fp32",
+    )
     p.add_argument("--out", default="report.json", help="report path; report.md and report.png go beside it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fixed-text", default=None, help=argparse.SUPPRESS)  # engine `fixed`: tests and wiring checks
@@ -44,10 +54,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fimtune.cli import CommandError
     from fimtune.eval.run import EvalConfig, EvalError, run_eval
+    from fimtune.train.model import default_base_model
 
     settings: dict[str, Any] = {
         "corpus": args.corpus,
-        "base_model": args.base_model or "",
+        "base_model": args.base_model or ("" if args.run or args.engine != "local" else default_base_model()),
         "run": args.run or "",
         "compare": args.compare,
         "engine": args.engine,
@@ -59,6 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         "seed": args.seed,
         "device": args.device,
+        "dtype": args.dtype,
         "out": args.out,
     }
     if args.fixed_text is not None:

@@ -52,13 +52,14 @@ class EvalConfig:
     max_tokens: int = 0  # 0: the middle budget (the run's max_middle_tokens)
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"  # local engine: auto | fp32 | bf16
     out: str = "report.json"
     fixed_text: str = ""  # engine `fixed` only
 
     def validate(self) -> None:
         if self.engine not in ENGINES:
             raise EvalError(f"--engine {self.engine!r} is not an engine; use one of {', '.join(ENGINES)}")
-        if not self.run and not self.base_model:
+        if not self.run and not self.base_model and self.engine != "local":
             raise EvalError("give the model to evaluate: --run RUN (a `fimtune train` folder) or --base-model M")
         if self.compare and not self.run:
             raise EvalError("--compare needs --run RUN: it evaluates the run's base model and its adapter side by side")
@@ -149,6 +150,7 @@ def build_models(cfg: EvalConfig) -> tuple[list[Model], PromptSpec, dict[str, An
         run=cfg.run,
         base_model=cfg.base_model,
         device=cfg.device,
+        dtype=cfg.dtype,
         fixed_text=cfg.fixed_text,
     )
     info: dict[str, Any] = {"name": cfg.engine}

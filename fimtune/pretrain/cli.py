@@ -22,7 +22,11 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
         "Writes OUT/model (loadable with --base-model OUT/model), the data manifest, the loss curve and a "
         "report. --max-minutes ends a call on time with a checkpoint; --resume continues it.",
     )
-    p.add_argument("--preset", help="model preset: micro (~1M parameters, CPU) or pico (~25M, GPU) (default: micro)")
+    p.add_argument(
+        "--preset",
+        help="model preset: micro (~1M parameters, minutes), nano (~6M, the built-in base, hours on a 2-core CPU) or "
+        "pico (~25M, GPU) (default: micro)",
+    )
     p.add_argument("--out", help="run folder: model/, data/, checkpoints/, loss_curve.*, pretrain_report.json")
     p.add_argument("--config", help="YAML with defaults for every setting (see PretrainConfig)")
     p.add_argument("--sources", nargs="+", help="site-packages folders to read (default: this Python's)")
@@ -30,6 +34,12 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=_names, help="packages held out for evaluation, comma-separated")
     p.add_argument("--holdout-count", type=int, help="without --holdout: a seeded choice of N packages (default 3)")
     p.add_argument("--max-data-mb", type=float, help="training source text cap in MB (0: all; default per preset)")
+    p.add_argument(
+        "--max-package-mb",
+        type=float,
+        help="a package larger than N MB gives a seeded sample of its files up to N MB (0: whole packages only; "
+        "default per preset)",
+    )
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default per preset)")
     p.add_argument("--seq-len", type=int, help="tokens per row (default per preset)")
     p.add_argument("--batch-tokens", type=int, help="tokens per micro-batch per device (default per preset)")
@@ -46,6 +56,12 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fim-rate", type=float, help="share of documents FIM-transformed (default 0.9)")
     p.add_argument("--spm-share", type=float, help="share of FIM documents in SPM order (default 0.5)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        help="compute dtype: auto (default) is bf16 autocast with fp32 master weights where torch reports bf16 "
+        "matrix support (CPU or GPU), else fp32",
+    )
     p.add_argument("--seed", type=int, help="seed for data choice, FIM cuts, order and weights (default 0)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
     p.set_defaults(func=cmd_pretrain)
@@ -64,6 +80,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "holdout": args.holdout,
         "holdout_count": args.holdout_count,
         "max_data_mb": args.max_data_mb,
+        "max_package_mb": args.max_package_mb,
         "vocab_size": args.vocab_size,
         "seq_len": args.seq_len,
         "batch_tokens": args.batch_tokens,
@@ -76,6 +93,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "fim.rate": args.fim_rate,
         "fim.spm_share": args.spm_share,
         "threads": args.threads,
+        "dtype": args.dtype,
         "seed": args.seed,
         "resume": args.resume,
     }

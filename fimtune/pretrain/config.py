@@ -20,6 +20,7 @@ class PretrainConfig:
     holdout: list[str] = field(default_factory=list)  # package names held out for evaluation
     holdout_count: int = 3  # without `holdout`: how many mid-sized packages a seeded choice holds out
     max_data_mb: float = -1.0  # training source text cap in MB (-1: preset default, 0: all)
+    max_package_mb: float = -1.0  # larger packages give a sample of their files up to N MB (-1: preset, 0: whole)
     tokenizer_mb: float = 0.0  # text the tokenizer is trained on, in MB (0: preset default)
     vocab_size: int = 0
     seq_len: int = 0
@@ -38,6 +39,7 @@ class PretrainConfig:
     fim: FimSettings = field(default_factory=FimSettings)
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    dtype: str = "auto"  # auto: bf16 autocast where torch reports bf16 matrix support, else fp32 | fp32 | bf16
     resume: bool = False
 
     def effective(self) -> PretrainConfig:
@@ -51,6 +53,7 @@ class PretrainConfig:
         cfg = replace(
             self,
             max_data_mb=p.max_data_mb if self.max_data_mb < 0 else self.max_data_mb,
+            max_package_mb=p.max_package_mb if self.max_package_mb < 0 else self.max_package_mb,
             tokenizer_mb=self.tokenizer_mb or p.tokenizer_mb,
             vocab_size=self.vocab_size or p.vocab_size,
             seq_len=self.seq_len or p.seq_len,
@@ -75,6 +78,8 @@ class PretrainConfig:
             raise ConfigError("max_steps and train_minutes: give one of them (train_minutes sizes max_steps)")
         if cfg.lr <= 0 or cfg.train_minutes < 0 or cfg.max_minutes < 0 or cfg.holdout_count < 0 or cfg.threads < 0:
             raise ConfigError("lr: more than 0; train_minutes, max_minutes, holdout_count and threads: 0 or more")
+        if cfg.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype: must be one of auto, fp32, bf16, not {cfg.dtype!r}")
         if not cfg.holdout and cfg.holdout_count == 0:
             raise ConfigError("hold out at least one package (--holdout NAME or --holdout-count N): held-out loss")
         return cfg

@@ -513,6 +513,20 @@ def _read_documents(
     return docs, dropped
 
 
+def _sample_up_to(docs: list[Document], max_bytes: int, rng: random.Random) -> list[Document]:
+    """A seeded sample of whole documents whose text totals at most max_bytes, in their original order."""
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    keep: set[int] = set()
+    total = 0
+    for i in order:
+        n = len(docs[i].text.encode())
+        if total + n <= max_bytes:
+            keep.add(i)
+            total += n
+    return [d for i, d in enumerate(docs) if i in keep]
+
+
 def size(pkg: Package) -> int:
     """Bytes of a package's candidate source files on disk (before filters)."""
     root = Path(pkg.root)
@@ -535,10 +549,12 @@ def collect(
     seed: int,
     forbidden: tuple[str, ...] = (),
     max_file_bytes: int = 500_000,
+    max_package_bytes: int = 0,
 ) -> Collected:
     """Find packages, keep permissive ones, hold out whole packages, and read training documents up to
-    `max_bytes` (0: no cap): whole packages in a seeded order, each one that still fits under the cap. Files
-    with one of the `forbidden` strings (the tokenizer's special tokens) are dropped."""
+    `max_bytes` (0: no cap): packages in a seeded order, each one that still fits under the cap. A package larger
+    than `max_package_bytes` (0: no such cap) gives a seeded sample of its files up to that size instead of all
+    of them. Files with one of the `forbidden` strings (the tokenizer's special tokens) are dropped."""
     packages = find_python_packages(sources) + find_npm_packages(node_modules)
     for p in packages:
         if not p.licence.permissive:
@@ -579,11 +595,16 @@ def collect(
     order = sorted((p for p in usable if not p.status), key=lambda p: p.name.lower())
     random.Random(seed + 1).shuffle(order)
     for pkg in order:
-        if max_bytes and total + size(pkg) > max_bytes:
+        expected = min(size(pkg), max_package_bytes) if max_package_bytes else size(pkg)
+        if max_bytes and total + expected > max_bytes:
             pkg.status, pkg.reason = "unused", "larger than the room left under the data cap"
             continue
         docs, why = _read_documents(pkg, seen, forbidden, filters, max_file_bytes)
         dropped += why
+        if max_package_bytes and sum(len(d.text.encode()) for d in docs) > max_package_bytes:
+            found = len(docs)
+            docs = _sample_up_to(docs, max_package_bytes, random.Random(f"{seed}:{pkg.name}"))
+            pkg.reason = f"sampled {len(docs)} of {found} files (package cap)"
         if not docs:
             pkg.status, pkg.reason = "skipped", "no file left after filters"
             continue

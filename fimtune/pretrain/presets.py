@@ -36,7 +36,10 @@ class Preset:
     max_data_mb: float  # cap on training source text (0: all that is found)
     tokenizer_mb: float  # cap on the text the tokenizer is trained on
     save_dtype: str  # dtype of the shipped weights
-    max_shard_bytes: int  # safetensors shard size (the device returns files of at most 16 MiB)
+    max_shard_bytes: int  # safetensors shard size (files of at most 16 MiB)
+    # A package larger than this gives a seeded sample of its files up to it (0: whole packages only), so that a
+    # few large packages do not make up most of the data.
+    max_package_mb: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +84,29 @@ PRESETS: dict[str, Preset] = {
             max_shard_bytes=15 * 2**20,
         ),
         Preset(
+            name="nano",
+            description="about 6.5M parameters: the built-in base, trained for hours on a 2-core CPU in bf16",
+            vocab_size=8192,
+            hidden_size=256,
+            intermediate_size=688,
+            num_layers=6,
+            num_heads=4,
+            num_kv_heads=2,
+            tie_embeddings=True,
+            seq_len=1024,  # about 3 KB of code: the prompt an editor request gets
+            batch_tokens=4096,  # 4 rows per micro-batch
+            grad_accum=4,  # 16384 tokens per optimizer step
+            lr=2e-3,
+            max_steps=1000,
+            eval_steps=100,
+            eval_rows=128,
+            max_data_mb=60.0,  # about one epoch of what two hours on two cores train on
+            tokenizer_mb=16.0,
+            save_dtype="bfloat16",  # 6.5M x 2 bytes: about 13 MB
+            max_shard_bytes=15 * 2**20,
+            max_package_mb=3.0,
+        ),
+        Preset(
             name="pico",
             description="about 25M parameters: the built-in base model, about 20 minutes on one H100/H200",
             vocab_size=16384,
@@ -114,9 +140,10 @@ def get_preset(name: str) -> Preset:
         raise PresetError(f"unknown preset {name!r}; known: {known}") from None
 
 
-def llama_config(preset: Preset, vocab_size: int, eos_id: int, pad_id: int) -> LlamaConfig:
+def llama_config(preset: Preset, vocab_size: int, eos_id: int, pad_id: int, seq_len: int = 0) -> LlamaConfig:
     """The transformers config of a preset for a tokenizer of `vocab_size` tokens (no BOS: fimtune's template has
-    none)."""
+    none). Its max_position_embeddings is the row length trained on (`seq_len`, default the preset's), so that
+    prompts for the base are budgeted to what it has seen."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -126,7 +153,7 @@ def llama_config(preset: Preset, vocab_size: int, eos_id: int, pad_id: int) -> L
         num_hidden_layers=preset.num_layers,
         num_attention_heads=preset.num_heads,
         num_key_value_heads=preset.num_kv_heads,
-        max_position_embeddings=max(preset.seq_len, 2048),
+        max_position_embeddings=seq_len or preset.seq_len,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=preset.tie_embeddings,
         initializer_range=0.02,

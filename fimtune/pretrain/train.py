@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LlamaForCausalLM, TrainerCallback
+from transformers import LlamaForCausalLM, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTTrainer
 
 from fimtune import __version__
 from fimtune.config import from_dict, to_dict
@@ -30,7 +29,7 @@ from fimtune.pretrain.tokenizer import capped, train_bpe
 from fimtune.tokenizer import save_tokenizer
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, to_dataset
-from fimtune.train.model import load_tokenizer
+from fimtune.train.model import ModelError, load_tokenizer, resolve_dtype
 from fimtune.train.sft import CHECKPOINTS, Guard, NonFiniteLoss, peak_memory_mib, sft_config
 
 log = logging.getLogger(__name__)
@@ -112,12 +111,18 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
             holdout=cfg.holdout,
             holdout_count=cfg.holdout_count,
             max_bytes=int(cfg.max_data_mb * 1e6),
+            max_package_bytes=int(cfg.max_package_mb * 1e6),
             seed=cfg.seed,
             forbidden=template.tokens(),
         )
     except SourceError as e:
         raise PretrainError(str(e)) from None
-    settings = {"max_data_mb": cfg.max_data_mb, "holdout": cfg.holdout, "holdout_count": cfg.holdout_count}
+    settings = {
+        "max_data_mb": cfg.max_data_mb,
+        "max_package_mb": cfg.max_package_mb,
+        "holdout": cfg.holdout,
+        "holdout_count": cfg.holdout_count,
+    }
     manifest = collected.manifest(sources, cfg.node_modules, settings)
     if not collected.heldout:
         raise PretrainError(
@@ -207,6 +212,62 @@ def _start(cfg: PretrainConfig) -> tuple[PretrainConfig, Path, str | None]:
     return eff, out, None
 
 
+def pretrain_args(cfg: PretrainConfig, out: Path, bf16: bool) -> Any:
+    """The trainer's settings for a pretraining run: fimtune train's, with pretraining's own choices."""
+    tc = TrainConfig(
+        corpus=str(out / DATA),
+        base_model=cfg.preset,
+        out=str(out),
+        max_steps=cfg.max_steps,
+        lr=cfg.lr,
+        lr_scheduler="cosine",
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        seq_len=cfg.seq_len,
+        batch_tokens=cfg.batch_tokens,
+        grad_accum=cfg.grad_accum,
+        eval_steps=cfg.eval_steps,
+        logging_steps=cfg.logging_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+    )
+    return sft_config(
+        tc,
+        out,
+        torch.cuda.is_available(),
+        has_eval=True,
+        packed=False,
+        bf16=bf16,
+        load_best_model_at_end=False,  # pretraining keeps the last weights (the cosine schedule's end)
+        train_sampling_strategy="random",  # rows all have seq_len tokens: nothing to group by length
+        adam_beta2=0.95,
+    )
+
+
+def pretrain_trainer(
+    model: Any, args: Any, train_rows: np.ndarray, held_rows: np.ndarray, tokenizer: Any, callbacks: list[Any]
+) -> Trainer:
+    """The plain transformers Trainer with the model's own cross-entropy over every token of fixed-length rows.
+    Not TRL's SFTTrainer: its chunked log-prob head saves memory for large vocabularies on a GPU, but it cost a
+    CPU run of an 8k-vocabulary model 2.5x in tokens/s (benchmarks/pretrain_throughput.py measures both against
+    a bare training loop)."""
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=rows_collator,
+        train_dataset=to_dataset({"input_ids": train_rows}),
+        eval_dataset=to_dataset({"input_ids": held_rows}),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def rows_collator(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Fixed-length packed rows -> a batch whose labels are its input ids (loss on every token; the model shifts)."""
+    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids}
+
+
 def vocab_id(tokenizer: Any, token: str) -> int:
     tid = tokenizer.convert_tokens_to_ids(token)
     if not isinstance(tid, int):
@@ -214,9 +275,9 @@ def vocab_id(tokenizer: Any, token: str) -> int:
     return tid
 
 
-def probe_max_steps(model: Any, rows: np.ndarray, cfg: PretrainConfig, steps: int = 6) -> tuple[int, float]:
+def probe_max_steps(model: Any, rows: np.ndarray, cfg: PretrainConfig, bf16: bool, steps: int = 6) -> tuple[int, float]:
     """(max_steps, seconds per optimizer step): how many steps fit cfg.train_minutes, timed on a copy of the model
-    with plain AdamW steps on real rows (bf16 autocast on GPU), plus the evaluations every eval_steps (a forward
+    with plain AdamW steps on real rows (in the run's dtype), plus the evaluations every eval_steps (a forward
     pass costs about a third of a training step)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = copy.deepcopy(model).to(device)
@@ -228,7 +289,7 @@ def probe_max_steps(model: Any, rows: np.ndarray, cfg: PretrainConfig, steps: in
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = probe(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()
@@ -348,57 +409,27 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     vocab = len(tokenizer)
     end_id, pad_id = (vocab_id(tokenizer, t) for t in (template.end, template.pad or template.end))
 
-    # 2. Model from the preset, weights from the seed.
+    # 2. Model from the preset, weights from the seed; bf16 autocast (fp32 master weights) where the device has it.
+    on_gpu = torch.cuda.is_available()
+    try:
+        dtype = resolve_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
+    except ModelError as e:
+        raise PretrainError(str(e)) from None
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(llama_config(preset, vocab, end_id, pad_id))
+    model = LlamaForCausalLM(llama_config(preset, vocab, end_id, pad_id, seq_len=cfg.seq_len))
     params = sum(p.numel() for p in model.parameters())
-    log.info("model: preset %s, %.2fM parameters, vocab %d", preset.name, params / 1e6, vocab)
+    log.info("model: preset %s, %.2fM parameters, vocab %d, %s", preset.name, params / 1e6, vocab, dtype)
     if cfg.train_minutes and resume_from is None:  # sized once: a resumed run keeps its schedule
-        cfg.max_steps, step_s = probe_max_steps(model, train_rows, cfg)
+        cfg.max_steps, step_s = probe_max_steps(model, train_rows, cfg, bf16=dtype == "bf16")
         (out / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
         log.info("schedule: %d steps of %.2fs fit the training time asked for", cfg.max_steps, step_s)
 
-    # 3. Trainer: fimtune train's TRL settings; full training on every token of fixed-length rows.
-    on_gpu = torch.cuda.is_available()
-    tc = TrainConfig(
-        corpus=str(data),
-        base_model=preset.name,
-        out=str(out),
-        max_steps=cfg.max_steps,
-        lr=cfg.lr,
-        lr_scheduler="cosine",
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        seq_len=cfg.seq_len,
-        batch_tokens=cfg.batch_tokens,
-        grad_accum=cfg.grad_accum,
-        eval_steps=cfg.eval_steps,
-        logging_steps=cfg.logging_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-    )
-    args = sft_config(
-        tc,
-        out,
-        on_gpu,
-        has_eval=True,
-        packed=False,
-        load_best_model_at_end=False,  # pretraining keeps the last weights (the cosine schedule's end)
-        train_sampling_strategy="random",  # rows all have seq_len tokens: nothing to group by length
-        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenized and packed; labels = input_ids
-        adam_beta2=0.95,
-    )
+    # 3. Trainer: fimtune train's settings; full training on every token of fixed-length rows.
+    args = pretrain_args(cfg, out, bf16=dtype == "bf16")
     ref: dict[str, Any] = {}
     guard = Guard(ref)
     stopper = _Deadline(deadline, eval_s=0.0)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_dataset({"input_ids": train_rows}),
-        eval_dataset=to_dataset({"input_ids": held_rows}),
-        processing_class=tokenizer,
-        callbacks=[guard, stopper, *(callbacks or [])],
-    )
+    trainer = pretrain_trainer(model, args, train_rows, held_rows, tokenizer, [guard, stopper, *(callbacks or [])])
     meter = TokenMeter(trainer.data_collator)
     trainer.data_collator = meter
     ref.update(trainer=trainer, meter=meter)
@@ -452,7 +483,7 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
         "mfu": round(tps * fpt / peak, 4) if peak else None,
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "dtype": "bf16 autocast, fp32 weights" if on_gpu else "fp32",
+        "dtype": "bf16 autocast, fp32 weights" if dtype == "bf16" else "fp32",
         "heldout_loss_start": curves["heldout"][0]["eval_loss"] if curves["heldout"] else None,
         "heldout_loss_end": curves["heldout"][-1]["eval_loss"] if curves["heldout"] else None,
         "train_loss_end": curves["train"][-1]["loss"] if curves["train"] else None,

@@ -17,7 +17,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "and flags override them. Runs unchanged under `accelerate launch` on many devices.",
     )
     p.add_argument("--corpus", help="corpus folder written by `fimtune build-corpus`")
-    p.add_argument("--base-model", help="model folder, Hugging Face model id, or `tiny` (built-in, no download)")
+    p.add_argument(
+        "--base-model",
+        help="model folder, Hugging Face model id, or a built-in model: `nano` (default when installed), "
+        "`pico`, `tiny` (random weights, for tests)",
+    )
     p.add_argument("--out", help="run folder: adapter, fimtune.json, train_report.json, checkpoints/")
     p.add_argument("--config", help="YAML with defaults for every setting")
     p.add_argument("--template", help="FIM template name, or auto (default: detected from the tokenizer)")
@@ -32,7 +36,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-modules", nargs="+", help="module names for LoRA (default: all-linear)")
     p.add_argument("--quantize", choices=["none", "8bit", "4bit"], help="load the base quantized (4bit: QLoRA, NF4)")
     p.add_argument("--attention", choices=["auto", "flash_attention_2", "sdpa", "eager"], help="attention kernel")
-    p.add_argument("--seq-len", type=int, help="longest rendered example in tokens (default: 2048)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        help="compute dtype: auto (default) is bf16 autocast where torch reports bf16 matrix support, else fp32",
+    )
+    p.add_argument(
+        "--seq-len", type=int, help="longest rendered example in tokens (default: the base model's limit, at most 2048)"
+    )
     p.add_argument("--batch-tokens", type=int, help="tokens per micro-batch per device (default: 16384)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
     p.add_argument(
@@ -70,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lora.target_modules": args.target_modules,
         "quantize": args.quantize,
         "attention": args.attention,
+        "dtype": args.dtype,
         "seq_len": args.seq_len,
         "batch_tokens": args.batch_tokens,
         "grad_accum": args.grad_accum,
@@ -83,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["max_steps"] = 0
     cfg = load_config(TrainConfig, args.config, overrides)
+    if not cfg.base_model:
+        from fimtune.train.model import default_base_model
+
+        cfg.base_model = default_base_model()  # the best built-in model installed (`nano` in a checkout)
     cfg.validate()
     from fimtune.train import is_main_process
 

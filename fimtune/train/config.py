@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 QUANTIZE = ("none", "8bit", "4bit")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 PACKING = ("auto", "padding_free", "padded")
+DTYPES = ("auto", "fp32", "bf16")
+DEFAULT_SEQ_LEN = 2048  # rows when --seq-len is not given and the base model takes at least this many tokens
 
 
 @dataclass
@@ -44,7 +46,9 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     quantize: str = "none"  # none | 8bit | 4bit (QLoRA: NF4 with double quantization)
     attention: str = "auto"  # auto: flash_attention_2 when flash-attn is installed and a GPU is present, else sdpa
-    seq_len: int = 2048  # longest rendered example: the FIM budgets' max_tokens
+    # auto: bf16 autocast (fp32 master weights on a CPU) where torch reports bf16 matrix support, else fp32
+    dtype: str = "auto"  # auto | fp32 | bf16
+    seq_len: int = 0  # longest rendered example: the FIM budgets' max_tokens (0: the base's limit, at most 2048)
     context_share: float = 0.3  # share of the prompt room that cross-file context may take
     prefix_share: float = 0.75  # share of the code room that goes to the prefix (the rest to the suffix)
     max_middle_tokens: int = 0  # 0: min(256, seq_len // 4); longer middles are cut (and teach no end token)
@@ -76,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"attention: must be one of {', '.join(ATTENTION)}, not {self.attention!r}")
         if self.packing not in PACKING:
             raise ConfigError(f"packing: must be one of {', '.join(PACKING)}, not {self.packing!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_steps < 0:
             raise ConfigError(f"max_steps: must be 0 (use epochs) or more, not {self.max_steps}")
         if self.max_steps == 0 and self.epochs <= 0:
@@ -90,8 +96,8 @@ class TrainConfig:
             raise ConfigError(f"lora.dropout: must be in [0, 1), not {self.lora.dropout}")
         if not self.lora.target_modules:
             raise ConfigError("lora.target_modules: name at least one module, or all-linear")
-        if self.seq_len < 64:
-            raise ConfigError(f"seq_len: must be at least 64 tokens, not {self.seq_len}")
+        if self.seq_len and self.seq_len < 64:
+            raise ConfigError(f"seq_len: must be 0 (the base model's limit) or at least 64 tokens, not {self.seq_len}")
         try:
             self.budgets()
         except ValueError as e:  # FimFormatError names the budget
@@ -107,15 +113,21 @@ class TrainConfig:
             raise ConfigError("eval_examples and max_train_examples: 0 or more; save_total_limit: 1 or more")
 
     def budgets(self) -> Budgets:
-        """The FIM token budgets every example is rendered with (recorded in fimtune.json for eval and serve)."""
+        """The FIM token budgets every example is rendered with (recorded in fimtune.json for eval and serve);
+        with seq_len 0, those of the longest default row (the trainer uses resolved_seq_len's)."""
         from fimtune.fim_format import Budgets
 
+        seq_len = self.seq_len or DEFAULT_SEQ_LEN
         return Budgets(
-            max_tokens=self.seq_len,
+            max_tokens=seq_len,
             context_share=self.context_share,
             prefix_share=self.prefix_share,
-            max_middle_tokens=self.max_middle_tokens or min(256, self.seq_len // 4),
+            max_middle_tokens=self.max_middle_tokens or min(256, seq_len // 4),
         )
+
+    def resolved_seq_len(self, limit: int | None) -> int:
+        """seq_len, or with 0 the base model's context limit (`limit`, from its config), at most DEFAULT_SEQ_LEN."""
+        return self.seq_len or min(DEFAULT_SEQ_LEN, limit or DEFAULT_SEQ_LEN)
 
     @property
     def rows_per_batch(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ def sample(examples: Sequence[FimExample], n: int, seed: int) -> list[FimExample
     return [examples[i] for i in picked]
 
 
-def to_dataset(cols: dict[str, list[list[int]]]) -> Any:
+def to_dataset(cols: Mapping[str, Any]) -> Any:
     """Columns as a datasets.Dataset that SFTTrainer takes as already tokenized (it keeps our labels as they are)."""
     from datasets import Dataset
 

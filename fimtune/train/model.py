@@ -44,6 +44,41 @@ class ModelError(Exception):
     """The base model cannot be found, loaded or adapted; the message says which and what to do."""
 
 
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether torch has native bf16 matrix kernels on `device` (asked of torch, not inferred from a CPU name):
+    CUDA devices that report bf16; x86 CPUs with AVX512-BF16 or AMX; other CPUs (ARM) where oneDNN has bf16."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "mps":
+        return torch.backends.mps.is_available()
+    if device != "cpu":
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        # oneDNN also "supports" bf16 on plain AVX512 by emulation, which is slower than fp32 there.
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(choice: str, device: str, setting: str = "--dtype") -> str:
+    """`auto` -> "bf16" where the device has bf16 matrix support, else "fp32"; an explicit choice is checked."""
+    if choice not in DTYPES:
+        raise ModelError(f"{setting}: must be one of {', '.join(DTYPES)}, not {choice!r}")
+    if choice == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if choice == "bf16" and not bf16_supported(device):
+        raise ModelError(
+            f"{setting} bf16: torch reports no bf16 matrix support on {device}; use {setting} fp32 or auto"
+        )
+    return choice
+
+
 def cache_root() -> Path:
     """Where fimtune keeps what it builds itself (the `tiny` preset): $FIMTUNE_CACHE or ~/.cache/fimtune."""
     env = os.environ.get("FIMTUNE_CACHE")
@@ -122,56 +157,62 @@ def ensure_tiny_model() -> Path:
     return final
 
 
-PICO = "pico"
-PICO_ENV = "FIMTUNE_PICO"
+# fimtune's own pretrained base models, best first: (name, environment variable naming a folder, how to train it).
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "pico": ("FIMTUNE_PICO", "on a GPU with `fimtune pretrain --preset pico --out runs/pico` (about 20 minutes)"),
+    "nano": ("FIMTUNE_NANO", "on a CPU with `fimtune pretrain --preset nano --out runs/nano` (hours on 2 cores)"),
+}
 
 
-def packaged_pico_dir() -> Path:
-    """Where an install ships the built-in `pico` model (package data): fimtune/models/pico/."""
-    return Path(__file__).resolve().parent.parent / "models" / PICO
+def packaged_model_dir(name: str) -> Path:
+    """Where an install ships a built-in model (package data): fimtune/models/<name>/."""
+    return Path(__file__).resolve().parent.parent / "models" / name
 
 
-def resolve_pico() -> Path:
-    """The built-in `pico` model: the folder named by $FIMTUNE_PICO, else the one shipped in the package."""
-    env = os.environ.get(PICO_ENV)
+def resolve_builtin(name: str) -> Path:
+    """A built-in model (`pico`, `nano`): the folder named by its environment variable, else the shipped one."""
+    env_name, how = BUILTIN_MODELS[name]
+    env = os.environ.get(env_name)
     if env:
         path = Path(env).expanduser()
         if not (path / "config.json").is_file():
             raise ModelError(
-                f"{PICO_ENV}={env} is not a model folder (no config.json there); point it at the model/ folder "
-                "that `fimtune pretrain --preset pico --out RUN` wrote (RUN/model), or unset it"
+                f"{env_name}={env} is not a model folder (no config.json there); point it at the model/ folder "
+                f"that `fimtune pretrain --preset {name} --out RUN` wrote (RUN/model), or unset it"
             )
         return path
-    packaged = packaged_pico_dir()
+    packaged = packaged_model_dir(name)
     if (packaged / "config.json").is_file():
         return packaged
     raise ModelError(
-        f"the built-in `pico` model is not installed ({packaged} holds no model). Train it on a GPU with "
-        "`fimtune pretrain --preset pico --out runs/pico` (about 20 minutes on one H100/H200; --max-minutes and "
-        f"--resume split it into calls), then copy runs/pico/model/ to {packaged} or set {PICO_ENV}=runs/pico/model; "
-        "or use --base-model tiny (random weights) or a model folder"
+        f"the built-in `{name}` model is not installed ({packaged} holds no model). Train it {how}; "
+        f"--max-minutes and --resume split it into calls; then copy runs/{name}/model/ to {packaged} or set "
+        f"{env_name}=runs/{name}/model; or use --base-model tiny (random weights) or a model folder"
     )
 
 
 def default_base_model() -> str:
-    """The base used when none is named: `pico` when it is installed (a real, if small, code model), else `tiny`."""
-    try:
-        resolve_pico()
-    except ModelError:
-        return TINY
-    return PICO
+    """The base used when none is named: the best built-in model installed (`pico`, then `nano`: real, if small,
+    code models), else `tiny` (random weights)."""
+    for name in BUILTIN_MODELS:
+        try:
+            resolve_builtin(name)
+        except ModelError:
+            continue
+        return name
+    return TINY
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve_base_model(name: str) -> Path:
-    """A base model name -> a local folder: `tiny` (built and cached), `pico` (fimtune's pretrained model, see
-    resolve_pico), a folder, or a Hugging Face Hub id (downloaded to, or found in, the Hugging Face cache)."""
+    """A base model name -> a local folder: `tiny` (built and cached), `pico` or `nano` (fimtune's pretrained
+    models, see resolve_builtin), a folder, or a Hugging Face Hub id (downloaded to, or found in, its cache)."""
     if name == TINY:
         return ensure_tiny_model()
-    if name == PICO:
-        return resolve_pico()
+    if name in BUILTIN_MODELS:
+        return resolve_builtin(name)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -268,14 +309,16 @@ def load_base_model(
     attention: str = "auto",
     gradient_checkpointing: bool = False,
     device_index: int = 0,
+    compute: str = "bf16",
 ) -> LoadedModel:
-    """Load the base for training: bf16 on GPU, fp32 on CPU; 4-bit NF4 (double quantization) or 8-bit through
-    bitsandbytes, prepared for k-bit training; attention chosen by pick_attention and logged."""
+    """Load the base for training: weights in bf16 on GPU when `compute` is bf16, else fp32 (a CPU keeps fp32
+    weights and trains under bf16 autocast); 4-bit NF4 (double quantization) or 8-bit through bitsandbytes,
+    prepared for k-bit training; attention chosen by pick_attention and logged."""
     import torch
     from transformers import AutoModelForCausalLM
 
     on_gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if on_gpu else torch.float32
+    dtype = torch.bfloat16 if on_gpu and compute == "bf16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": pick_attention(attention, on_gpu)}
     if quantize != "none":
         if not on_gpu or importlib.util.find_spec("bitsandbytes") is None:

@@ -26,6 +26,7 @@ from fimtune.run_meta import RunMeta, write_run_meta
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
 from fimtune.train.model import (
+    ModelError,
     check_vocab_fits,
     context_limit,
     load_base_model,
@@ -34,6 +35,7 @@ from fimtune.train.model import (
     model_type_of,
     pick_attention,
     resolve_base_model,
+    resolve_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -110,9 +112,12 @@ def padding_free(cfg: TrainConfig, attention: str) -> bool:
     return cfg.packing == "padding_free" or (cfg.packing == "auto" and attention == "flash_attention_2")
 
 
-def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed: bool, **overrides: Any) -> SFTConfig:
+def sft_config(
+    cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed: bool, bf16: bool, **overrides: Any
+) -> SFTConfig:
     """TRL's settings for this run (everything TrainConfig leaves to the trainer stays at TRL's default);
-    `overrides` replace any of them (pretraining's own choices)."""
+    `bf16`: autocast with fp32 master weights (CPU or GPU); `overrides` replace any of them (pretraining's own
+    choices)."""
     eval_steps = min(cfg.eval_steps, cfg.max_steps) if cfg.max_steps else cfg.eval_steps
     settings: dict[str, Any] = dict(
         output_dir=str(out / CHECKPOINTS),
@@ -126,7 +131,7 @@ def sft_config(cfg: TrainConfig, out: Path, on_gpu: bool, has_eval: bool, packed
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        bf16=on_gpu,
+        bf16=bf16,
         use_cpu=not on_gpu,  # also makes torchrun/accelerate processes on CPU join one gloo group
         fp16=False,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
@@ -172,6 +177,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     # 2. Base model's tokenizer and template: never add tokens to it.
     base_path = resolve_base_model(cfg.base_model)
     limit = context_limit(base_path)
+    cfg.seq_len = cfg.resolved_seq_len(limit)
+    cfg.validate()  # again, with the row length known
     if limit is not None and cfg.seq_len > limit:
         raise TrainError(
             f"--seq-len {cfg.seq_len} is longer than base model {cfg.base_model} takes ({limit} tokens, "
@@ -206,13 +213,18 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     on_gpu = torch.cuda.is_available()
     attention = pick_attention(cfg.attention, on_gpu)
     packed = padding_free(cfg, attention)
-    args = sft_config(cfg, out, on_gpu, has_eval, packed)
+    try:
+        compute = resolve_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
+    except ModelError as e:
+        raise TrainError(str(e)) from None
+    args = sft_config(cfg, out, on_gpu, has_eval, packed, bf16=compute == "bf16")
     loaded = load_base_model(
         base_path,
         quantize=cfg.quantize,
         attention=attention,
         gradient_checkpointing=cfg.gradient_checkpointing,
         device_index=args.local_process_index,
+        compute=compute,
     )
     check_vocab_fits(loaded.model, tokenizer)
 
@@ -273,6 +285,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
         "device": loaded.device,
         "world_size": args.world_size,
         "dtype": loaded.dtype,
+        "autocast": "bf16" if compute == "bf16" else None,
         "attention": loaded.attention,
         "quantize": loaded.quantize,
         "packing": "padding-free (position ids)" if packed else "length-grouped padded batches",
