@@ -202,3 +202,22 @@ def test_files_changed_on_disk_follow_the_walk_rules(tmp_path: Path) -> None:
         assert "main.py" in folder.index
     finally:
         index.close()
+
+
+def test_a_pathological_ignore_pattern_does_not_stall_the_workspace_index(tmp_path: Path) -> None:
+    from fimtune.config import ContextConfig
+    from lsp_server.workspace import WorkspaceIndex
+    from tests.test_walk import _pathological_repo
+
+    _pathological_repo(tmp_path)
+    index = WorkspaceIndex(ContextConfig())
+    try:
+        start = time.monotonic()
+        index.set_roots([str(tmp_path)])
+        _wait(lambda: bool(index.stats()["ready"]), timeout=5.0)  # a backtracking matcher takes hours here
+        assert time.monotonic() - start < 5.0
+        assert sorted(index._folder_of(str(tmp_path / "x.py")).index.paths) == sorted(
+            "a" * n + ".py" for n in range(40, 61, 4)
+        )
+    finally:
+        index.close()

@@ -327,3 +327,38 @@ def test_classify_one_file_agrees_with_the_walk(tmp_path: Path) -> None:
     (tmp_path / "secret.py").write_text(CODE)  # beside the repository
     for odd in ("../secret.py", "pkg/../main.py", "./main.py", "pkg//local.py", "/etc/passwd.py", ""):
         assert walk_mod.classify(root, odd, cfg).reason == "not_inside_repo", odd
+
+
+# ---- ignore patterns in linear time ------------------------------------------------------------------------
+
+PATHOLOGICAL = "a*a*a*a*a*a*a*a*a*a*a*a*b"  # exponential for a backtracking regex on names of a's
+
+
+def _pathological_repo(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".gitignore").write_text(PATHOLOGICAL + "\n")
+    for n in range(40, 61, 4):
+        (root / ("a" * n + ".py")).write_text("x = 1\n")  # not matched: no b
+    (root / ("a" * 58 + "b")).write_text("x = 2\n")  # matched: ignored
+
+
+def test_a_pathological_ignore_pattern_is_matched_in_linear_time(tmp_path: Path) -> None:
+    import time
+
+    _pathological_repo(tmp_path)
+    start = time.perf_counter()
+    items = list(walk_repo(tmp_path, WalkConfig(), ()))
+    assert time.perf_counter() - start < 2.0  # a backtracking matcher takes hours on the 60-character names
+    kept = sorted(i.path for i in items if i.reason is None)
+    assert kept == sorted("a" * n + ".py" for n in range(40, 61, 4))
+    assert [i.reason for i in items if i.path == "a" * 58 + "b"] == ["ignored"]
+
+
+def test_an_ignore_pattern_that_cannot_be_compiled_is_left_out_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from fimtune.corpus.walk import ignore_spec
+
+    # A POSIX class RE2 does not take, a range Python's re refuses too, a lone backslash git itself rejects.
+    spec = ignore_spec(["*.log", "[[:alpha:]", "[z-a]", "\\"], "repo/.gitignore")
+    assert spec.match_file("x.log") and not spec.match_file("x.py")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all(m.startswith("repo/.gitignore: ignore pattern") for m in messages), messages

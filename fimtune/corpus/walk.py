@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -13,6 +14,26 @@ from pathspec import GitIgnoreSpec
 
 from fimtune.config import WalkConfig
 from fimtune.languages import language_for_path
+
+log = logging.getLogger(__name__)
+
+
+def ignore_spec(lines: list[str], source: str = "") -> GitIgnoreSpec:
+    """Gitignore patterns matched by RE2 (pathspec's re2 backend): time linear in the path whatever the patterns,
+    where Python's backtracking `re` takes exponential time on a pattern like `a*a*a*a*a*a*a*a*a*a*a*a*b`. A
+    pattern RE2 cannot compile is left out with a warning naming it and `source`."""
+    try:
+        return GitIgnoreSpec.from_lines(lines, backend="re2")
+    except Exception:  # re2.error is not importable by name from every build; find the offending lines
+        kept = []
+        for line in lines:
+            try:
+                GitIgnoreSpec.from_lines([line], backend="re2")
+            except Exception:
+                log.warning("%s: ignore pattern %r left out (not matchable in linear time)", source or "ignore", line)
+                continue
+            kept.append(line)
+        return GitIgnoreSpec.from_lines(kept, backend="re2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +64,9 @@ class _Rules:
         self.skip_dirs = frozenset(cfg.skip_dirs)
         self.languages = frozenset(languages)
         self.by_name = [
-            ("env_file", GitIgnoreSpec.from_lines(cfg.env_files)),
-            ("lock_file", GitIgnoreSpec.from_lines(cfg.lock_files)),
-            ("generated_name", GitIgnoreSpec.from_lines(cfg.generated_names)),
+            ("env_file", ignore_spec(cfg.env_files, "walk.env_files")),
+            ("lock_file", ignore_spec(cfg.lock_files, "walk.lock_files")),
+            ("generated_name", ignore_spec(cfg.generated_names, "walk.generated_names")),
         ]
         # (folder prefix relative to the root, spec); deeper entries win, as in git.
         self.ignores: list[tuple[str, GitIgnoreSpec]] = []
@@ -53,15 +74,17 @@ class _Rules:
     def push_ignores(self, folder: str, rel: str) -> int:
         """Load the folder's ignore files (cfg.ignore_files order: later files take precedence)."""
         lines: list[str] = []
+        found: list[str] = []
         for name in self.cfg.ignore_files:
             try:
                 with open(os.path.join(folder, name), "rb") as f:
                     lines.extend(f.read().decode("utf-8", errors="replace").splitlines())
             except OSError:  # absent, a folder, unreadable: no rules from it
                 continue
+            found.append(rel + name)
         if not any(line.strip() and not line.startswith("#") for line in lines):
             return 0
-        self.ignores.append((rel, GitIgnoreSpec.from_lines(lines)))
+        self.ignores.append((rel, ignore_spec(lines, " + ".join(found))))
         return 1
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
