@@ -88,7 +88,11 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["auto", "repo", "file"], help="split by repository or file (default: auto)")
     p.add_argument("--test-fraction", type=float, help="share of repositories or files for the test split")
     p.add_argument("--no-context", action="store_true", help="do not attach cross-file context")
-    p.add_argument("--overwrite", action="store_true", help="replace whatever the output folder holds")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different fimtune corpus in --out (nothing else)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_corpus)
 

@@ -339,3 +339,58 @@ def test_split_writer_raises_what_its_thread_raised_and_stops(
         writer.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("fimtune-write")]
     assert not list(tmp_path.glob("*.parquet"))
+
+
+@pytest.mark.parametrize("case", ["user_folder", "root", "home", "repo_root", "input", "holds_input", "file"])
+def test_overwrite_never_replaces_what_is_not_a_fimtune_corpus(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "pyshop", repo)
+    out = tmp_path / "out"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    if case == "user_folder":
+        out.mkdir()
+        (out / "README.md").write_text("my notes\n")
+        (out / "data").mkdir()
+        (out / "data" / "keep.csv").write_text("a,b\n")
+    elif case == "root":
+        out = Path("/")
+    elif case == "home":
+        out = home
+    elif case == "repo_root":
+        out = tmp_path / "other-repo"
+        (out / ".git").mkdir(parents=True)
+        (out / "main.py").write_text("x = 1\n")
+    elif case == "input":
+        out = repo
+    elif case == "holds_input":
+        out = tmp_path
+    else:
+        out = tmp_path / "file.txt"
+        out.write_text("mine\n")
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    env = {**os.environ, "HOME": str(home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fimtune", "build-corpus", str(repo), "--out", str(out), "--overwrite", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "--overwrite" not in lines[0], lines
+    after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before  # nothing of the user's was touched
+
+
+def test_overwrite_replaces_a_fimtune_corpus_and_an_empty_folder(tmp_path: Path) -> None:
+    repo = str(FIXTURES / "pyshop")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(repo, "--out", str(empty), "--overwrite", "-q").returncode == 0
+    assert run_cli(repo, "--out", str(empty), "--seed", "3", "--overwrite", "-q").returncode == 0
+    assert json.loads((empty / "manifest.json").read_text())["config"]["seed"] == 3

@@ -218,3 +218,17 @@ def test_without_a_model_the_best_builtin_base_is_evaluated(
     assert eval_cli("--corpus", str(tiny_corpus), "--limit", "2", "--max-tokens", "4", "--out", str(out)) == 0
     report = json.loads(out.read_text())
     assert report["models"]["base"]["description"] == "nano (base model)"
+
+
+def test_out_never_replaces_a_file_fimtune_did_not_write(tiny_corpus: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "notes.md"
+    mine.write_text("mine\n")
+    base = ["--corpus", str(tiny_corpus), "--base-model", "tiny", "--limit", "2", "--max-tokens", "4"]
+    assert eval_cli(*base, "--out", str(tmp_path / "notes.json")) == 1  # its report.md would be notes.md
+    assert mine.read_text() == "mine\n" and not (tmp_path / "notes.json").exists()
+    (tmp_path / "data.json").write_text("[1, 2]")
+    assert eval_cli(*base, "--out", str(tmp_path / "data.json")) == 1
+    assert (tmp_path / "data.json").read_text() == "[1, 2]"
+    out = tmp_path / "report.json"
+    assert eval_cli(*base, "--out", str(out)) == 0
+    assert eval_cli(*base, "--out", str(out)) == 0  # its own report is replaced

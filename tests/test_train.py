@@ -346,6 +346,21 @@ def test_bad_input_is_one_actionable_line(corpus: Path, tmp_path: Path) -> None:
     assert "--seq-len 256 is longer than" in msg and "128 tokens" in msg and "--seq-len 128 or less" in msg
 
 
+def test_out_that_is_not_a_run_is_refused_and_left_as_it_was(corpus: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    (mine / "tokenizer.json").write_text("{}")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    common = ["--corpus", str(corpus), "--base-model", "tiny", "--max-steps", "1", "--seq-len", "256"]
+    assert "is not empty and holds no fimtune run" in run_cmd(*common, "--out", str(mine))
+    assert (mine / "README.md").read_text() == "my notes\n" and (mine / "tokenizer.json").read_text() == "{}"
+    assert "is a file" in run_cmd(*common, "--out", str(a_file))
+    assert "holds the input" in run_cmd(*common, "--out", str(corpus))
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "tokenizer.json"]
+
+
 def test_context_limit_and_base_budgets_follow_the_model_config(tmp_path: Path) -> None:
     from fimtune.prompting import PromptSpec
     from fimtune.train.model import context_limit

@@ -290,7 +290,7 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool |
     out = Path(cfg.out).expanduser()
     identity = corpus_identity(cfg, repos)
     try:
-        staging = write.prepare_output(out, identity, overwrite)
+        staging = write.prepare_output(out, identity, overwrite, [r.root for r in repos])
     except write.OutputError as e:
         raise CorpusError(str(e)) from None
     workers = cfg.workers or os.cpu_count() or 1

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fimtune.outputs import OutputRefused, check_output_folder
 from fimtune.records import Snippet, Span, example_id
 
 SCHEMA = pa.schema(
@@ -281,26 +282,35 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return data
 
 
-def prepare_output(out: Path, identity: dict[str, Any], overwrite: bool) -> Path:
+def is_corpus_folder(folder: Path) -> bool:
+    """Whether `folder` is fimtune's own: a built corpus (its manifest), or what an interrupted build left."""
+    names = [p.name for p in folder.iterdir()]
+    if BUILDING_MARKER in names or (names and all(n.startswith(STAGING_PREFIX) for n in names)):
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "identity" in manifest and "format_version" in manifest
+
+
+def prepare_output(out: Path, identity: dict[str, Any], overwrite: bool, inputs: Sequence[Path] = ()) -> Path:
     """Check the output folder can take this corpus; return a fresh staging folder inside it.
 
     A folder is usable when it is absent or empty, holds a corpus built with the same identity (the same
-    command again), holds what an interrupted build left, or `overwrite` is set.
+    command again), or holds what an interrupted build left; `overwrite` replaces a different corpus. Nothing
+    else is ever replaced: not a folder of the user's, the root, the home folder, a repository root or an input.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is not a folder")
+    try:
+        check_output_folder(out, is_corpus_folder, "fimtune corpus", inputs=inputs)
+    except OutputRefused as e:
+        raise OutputError(str(e)) from None
     if out.is_dir():
         manifest = read_manifest(out)
-        entries = [p.name for p in out.iterdir() if not p.name.startswith(STAGING_PREFIX)]
-        if manifest is not None:
-            if manifest.get("identity") != identity and not overwrite:
-                raise OutputError(
-                    f"output {out} already holds a different corpus (other inputs or settings); "
-                    "choose another --out or pass --overwrite"
-                )
-        elif entries and BUILDING_MARKER not in entries and not overwrite:
+        if manifest is not None and manifest.get("identity") != identity and not overwrite:
             raise OutputError(
-                f"output {out} is not empty and holds no fimtune corpus; choose another --out or pass --overwrite"
+                f"output {out} already holds a different corpus (other inputs or settings); choose another --out, "
+                "or pass --overwrite to replace that corpus"
             )
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -18,6 +19,7 @@ from fimtune.engines.base import ENGINES, Completion, Engine, EngineError, Engin
 from fimtune.eval.metrics import METRICS, aggregate, paired_bootstrap, score_example
 from fimtune.eval.report import MAIN_METRICS, report_paths, write_report
 from fimtune.fim_format import FimFormatError
+from fimtune.outputs import OutputRefused, check_output_files
 from fimtune.postprocess import StopRules, postprocess
 from fimtune.prompting import PromptSpec
 from fimtune.records import FimExample
@@ -109,6 +111,15 @@ class EvalResult:
         if self.paths:
             lines.append("wrote " + ", ".join(str(p) for p in self.paths))
         return lines
+
+
+def is_report(path: Path) -> bool:
+    """Whether `path` is a report `fimtune eval` wrote (the files beside it are then its own too)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "fimtune_version" in data and "models" in data
 
 
 def pick(examples: list[FimExample], limit: int, seed: int) -> list[FimExample]:
@@ -305,6 +316,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     out = Path(cfg.out).expanduser()
     if out.is_dir():
         out = out / "report.json"
+    paths = report_paths(out)
+    try:
+        check_output_files(paths, lambda _: is_report(paths[0]), "fimtune eval report", "--out")
+    except OutputRefused as e:
+        raise EvalError(str(e)) from None
     try:
         corpus = open_corpus(cfg.corpus)
         available = corpus.examples(cfg.split)

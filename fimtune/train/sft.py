@@ -22,6 +22,7 @@ from trl import SFTConfig, SFTTrainer
 from fimtune import CORPUS_FORMAT_VERSION, __version__
 from fimtune.config import to_dict
 from fimtune.fim_format import FORMAT_VERSION, FimFormatError, check_tokenizer, detect_template, get_template
+from fimtune.outputs import OutputRefused, check_output_folder
 from fimtune.run_meta import RunMeta, write_run_meta
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
@@ -90,8 +91,18 @@ def peak_memory_mib(on_gpu: bool) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
-def _check_run_folder(out: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to train over an existing run."""
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is fimtune's own: a finished run (fimtune.json, the adapter) or its checkpoints."""
+    return any((folder / name).exists() for name in ("fimtune.json", "adapter_config.json", CHECKPOINTS))
+
+
+def _check_run_folder(out: Path, resume: bool, corpus: str) -> str | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to train over an existing run, and to
+    write into a folder that is not a run (a file, a folder of the user's, the home folder, the corpus)."""
+    try:
+        check_output_folder(out, is_run_folder, "fimtune run", inputs=[Path(corpus)])
+    except OutputRefused as e:
+        raise TrainError(str(e)) from None
     ckpts = out / CHECKPOINTS
     last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
     if resume:
@@ -169,7 +180,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     started = time.perf_counter()
     cfg.validate()
     out = Path(cfg.out).expanduser()
-    resume_from = _check_run_folder(out, cfg.resume)
+    resume_from = _check_run_folder(out, cfg.resume, cfg.corpus)
 
     # 1. Corpus.
     corpus = load_corpus(cfg.corpus)
