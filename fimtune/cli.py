@@ -34,6 +34,7 @@ def _recipe_relative(value: str | None, recipe: str | None) -> str | None:
 def cmd_build_corpus(args: argparse.Namespace) -> int:
     from fimtune.config import CorpusConfig, load_config, load_yaml
     from fimtune.corpus.pipeline import CorpusError, build_corpus
+    from fimtune.corpus.walk import FOLDER_REASONS
 
     overrides: dict[str, Any] = {
         "out": args.out,
@@ -59,13 +60,21 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     counts = manifest["counts"]
     ex = counts["examples"]
-    dropped = sum(manifest["dropped"].values())
+    pruned = sum(n for reason, n in manifest["dropped"].items() if reason in FOLDER_REASONS)
+    skipped = sum(manifest["dropped"].values()) - pruned
     print(
         f"wrote {ex['train']} train and {ex['test']} test examples from {counts['files_kept']} of "
-        f"{counts['files_seen']} files ({dropped} skipped, see manifest.json) to {cfg.out} "
-        f"in {manifest['elapsed_s']:.1f}s",
+        f"{counts['files_seen']} files ({skipped} files skipped, {pruned} folders not entered, see manifest.json) "
+        f"to {cfg.out} in {manifest['elapsed_s']:.1f}s",
         file=sys.stderr,
     )
+    for split, other in (("train", "test"), ("test", "train")):
+        if ex[split] == 0 and ex[other] > 0:
+            print(
+                f"warning: every example landed in the {other} split, none in {split} (one repository, or too few "
+                f"files for the split); give more repositories, use --split file, or change --test-fraction",
+                file=sys.stderr,
+            )
     for name in counts.get("empty_repos", []):
         print(f"warning: repository {name} had no supported source files", file=sys.stderr)
     return 0

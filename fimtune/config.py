@@ -294,15 +294,29 @@ def _coerce(hint: Any, value: Any, setting: str) -> Any:
     return value
 
 
+MAX_YAML_ALIASES = 100  # a config needs few; thousands are an alias bomb (each one can double what it expands to)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document using more than MAX_YAML_ALIASES aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file; errors name the file."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_BoundedLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e)[:500]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

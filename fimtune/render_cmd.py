@@ -65,6 +65,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     if args.split not in SPLITS:
         raise CommandError(f"--split must be one of {', '.join(SPLITS)}")
+    if args.n < 1:
+        raise CommandError(f"-n: how many examples to show, at least 1 (not {args.n})")
     tokenizer = as_fim_tokenizer(load_tokenizer(args.tokenizer)) if args.tokenizer else None
     try:
         if args.template == "auto":

@@ -106,9 +106,6 @@ def _unpickle_result(
     )
 
 
-# Walk reasons that count a pruned folder, not a file.
-FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
-
 # Set in the parent before workers fork, read by the workers (fork shares it without pickling).
 _STATE: dict[str, Any] = {}
 
@@ -300,6 +297,12 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool |
     try:
         manifest = _build(cfg, repos, identity, staging, workers, show, started)
         write.finalize(out, staging, manifest, [s for s in ("train", "test") if manifest["counts"]["examples"][s]])
+    except OSError as e:  # reading a repository's files is per file (a named reason); this is the output side
+        shutil.rmtree(staging, ignore_errors=True)
+        detail = e.strerror or str(e).splitlines()[0]
+        raise CorpusError(
+            f"cannot write the corpus to {out}: {detail}; free space there or choose another --out"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -334,7 +337,7 @@ def _build(
                 files_seen += 1
             else:
                 dropped[item.reason] += 1
-                files_seen += item.reason not in FOLDER_REASONS
+                files_seen += item.reason not in walk.FOLDER_REASONS
         if n_candidates == 0:
             empty_repos.append(repo.name)
             if len(repos) > 1:

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fimtune import CORPUS_FORMAT_VERSION
 from fimtune.records import FimExample
 
 SPLITS = ("train", "test")
+REQUIRED_COLUMNS = ("id", "repo", "path", "language", "span_kind", "prefix", "middle", "suffix")
 
 
 class CorpusReadError(Exception):
@@ -36,10 +38,17 @@ class CorpusInfo:
         for shard in self.shards(split):
             try:
                 table = pq.read_table(shard)
-            except OSError as e:
+            except (OSError, pa.ArrowException, ValueError) as e:  # a truncated shard raises ArrowInvalid
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise CorpusReadError(
-                    f"corpus shard {shard} is not readable Parquet ({e}); rebuild the corpus"
+                    f"corpus shard {shard} is not readable Parquet ({first}); rebuild the corpus"
                 ) from None
+            missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+            if missing:
+                raise CorpusReadError(
+                    f"corpus shard {shard} has no {', '.join(missing)} column; it was not written by "
+                    "`fimtune build-corpus`: rebuild the corpus"
+                )
             for row in table.to_pylist():
                 yield FimExample.from_row(row)
 

@@ -17,6 +17,9 @@ from fimtune.languages import language_for_path
 
 log = logging.getLogger(__name__)
 
+# Reasons the walk gives to a whole folder it does not enter (the rest name a file).
+FOLDER_REASONS = frozenset({"skipped_dir", "ignored_dir", "symlink_duplicate"})
+
 
 def ignore_spec(lines: list[str], source: str = "") -> GitIgnoreSpec:
     """Gitignore patterns matched by RE2 (pathspec's re2 backend): time linear in the path whatever the patterns,

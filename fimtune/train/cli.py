@@ -92,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "resume": args.resume,
         "merge": args.merge,
     }
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CommandError(f"--max-steps: at least 1, not {args.max_steps} (to train whole epochs, give --epochs N)")
     if args.epochs is not None:
         overrides["max_steps"] = 0
     cfg = load_config(TrainConfig, args.config, overrides)

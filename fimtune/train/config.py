@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,18 @@ class TrainConfig:
             raise ConfigError(f"max_steps: must be 0 (use epochs) or more, not {self.max_steps}")
         if self.max_steps == 0 and self.epochs <= 0:
             raise ConfigError(f"epochs: must be more than 0, not {self.epochs}")
+        for name, value in (
+            ("lr", self.lr),
+            ("epochs", self.epochs),
+            ("warmup_ratio", self.warmup_ratio),
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("context_share", self.context_share),
+            ("prefix_share", self.prefix_share),
+            ("lora.dropout", self.lora.dropout),
+        ):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: must be a finite number, not {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be more than 0, not {self.lr}")
         if self.lora.r < 1 or self.lora.alpha <= 0:

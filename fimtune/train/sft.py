@@ -69,6 +69,10 @@ class Guard(TrainerCallback):
         # The train dataloader already holds the meter; evaluation batches are not counted.
         trainer.data_collator = self.ref["meter"].collator
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss ends the curve, however short the run
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         for key in ("loss", "eval_loss"):
             value = (logs or {}).get(key)
@@ -108,6 +112,11 @@ def _check_run_folder(out: Path, resume: bool, corpus: str) -> str | None:
     if resume:
         if last is None:
             raise TrainError(f"--resume: {ckpts} holds no checkpoint to continue from; run without --resume")
+        if (out / "fimtune.json").exists():
+            raise TrainError(
+                f"--resume: {out} is a finished run (it has its fimtune.json); to train longer, start a new run "
+                "with more --max-steps or --epochs"
+            )
         return last
     if last is not None or (out / "adapter_config.json").exists():
         raise TrainError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
