@@ -217,3 +217,46 @@ def test_hostile_repository_secrets_are_all_caught(tmp_path: Path) -> None:
     for secret in PLANTED_SECRETS:
         assert secret not in blob
     assert "def upload(path: str" in blob  # the code around the secrets is still there
+
+
+# ---- the planted-secrets corpus: every secret context, and lookalikes that stay ----------------------------
+
+
+def test_planted_secrets_in_every_file_kind_are_redacted_and_lookalikes_stay(tmp_path: Path) -> None:
+    from tests.secret_corpus import FILES, write_secret_corpus
+
+    planted, looks = write_secret_corpus(tmp_path)
+    assert len(planted) >= 40 and len(looks) >= 200
+    kinds = {Path(rel).suffix or Path(rel).name for rel in FILES}
+    assert kinds >= {".py", ".js", ".ts", ".go", ".yaml", ".json", ".sh", "Dockerfile"}
+    outputs = {}
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        outputs[path.relative_to(tmp_path).as_posix()] = scan_secrets(path.read_text(), CFG).text
+    blob = "\n".join(outputs.values())
+    survived = {slot: value for slot, value in planted.items() if value in blob}
+    assert not survived, survived
+    lost = [v for v in looks if v not in blob]
+    assert not lost, lost
+    # The code around each secret is still there.
+    assert 'conn = psycopg2.connect("host=db user=app password=<REDACTED> dbname=orders")' in outputs["app/settings.py"]
+    assert 'req.Header.Set("Authorization", "Bearer <REDACTED>")' in outputs["cmd/server/main.go"]
+    assert "ENV API_TOKEN <REDACTED>" in outputs["Dockerfile"]
+
+
+def test_the_build_leaves_no_planted_secret_in_any_column(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from fimtune.config import CorpusConfig
+    from fimtune.corpus.pipeline import build_corpus
+    from tests.secret_corpus import write_secret_corpus
+
+    repo = tmp_path / "repo"
+    planted, looks = write_secret_corpus(repo)
+    out = tmp_path / "out"
+    build_corpus(CorpusConfig(repos=[str(repo)], out=str(out), workers=1, split="file", test_fraction=0.3))
+    blob = []
+    for shard in sorted((out / "data").glob("*.parquet")):
+        for row in pq.read_table(shard).to_pylist():
+            blob += [row["prefix"], row["middle"], row["suffix"]] + [c["text"] for c in row["context"]]
+    text = "\n".join(blob)
+    assert text and not [slot for slot, value in planted.items() if value in text]

@@ -4,6 +4,13 @@ Detectors come from detect-secrets' plugins (their regular expressions and check
 plugin for Google API keys or GitHub fine-grained tokens (github_pat_), and its KeywordDetector flags any value,
 low entropy or not, misses `token`/`access_key` names and Go's `:=`; those three get a small regex here.
 
+detect-secrets has no plugin for a credential known by where it sits rather than by its shape, so those
+contexts are detectors of this table too: the default of an environment lookup of a secret-named variable, a
+password in a connection string (libpq, JDBC, a URL without a user, Go's MySQL DSN), an Authorization header's
+credentials, `key: value` / `NAME=value` lines of YAML, .env, shell and Dockerfiles, AWS's secret passed
+positionally beside its key id, and a plain-word value of a variable whose name ends in a secret word
+(`db_password = "correcthorsebattery"`). Placeholders, fixtures, templates and identifiers stay.
+
 Speed: the plugins' regular expressions are run only on candidate lines, found in one Aho-Corasick pass
 (ahocorasick_rs) over the lower-cased text for the literal hints of each detector.
 """
@@ -107,9 +114,9 @@ _KEY_NAMES = ("api", "access", "private", "auth", "signing", "encryption", "mast
 # secret, token, credential(s), api/access/private/auth/... key. The name must not go on with a lower-case
 # letter (tokenizer, secretary, passage), and a type annotation may sit between name and "=".
 _ASSIGNMENT = re.compile(
-    r"(?i:pass(?:w(?:or)?d|phrase)?|pwd|secret|token|credential|"
+    r"(?P<name>(?i:pass(?:w(?:or)?d|phrase)?|pwd|secret|token|credential|"
     rf"(?:{'|'.join(_KEY_NAMES)})[_-]?key)"
-    r"s?(?![a-z])[\w.-]{0,40}?[\"'\]]{0,2}"
+    r"s?(?![a-z])[\w.-]{0,40}?)[\"'\]]{0,2}"
     r"(?:\s*:\s*(?:&(?:'\w+\s+)?)?[\w.\[\]<>|, ]{1,40}?(?=\s*=))?"
     r"\s*(?:={1,3}|!==?|:=|=>|:)\s*(?:[rRbBuU]{1,2}|@)?"
     r"(?P<q>[\"'`])(?P<value>[^\"'`\\\n]{8,256})(?P=q)"
@@ -190,8 +197,153 @@ def _jwt_ok(m: re.Match[str], value: str) -> bool:
     return bool(JwtTokenDetector.is_formally_valid(m.group(0)))
 
 
+# Names whose last part says the value itself is a credential (not its type, field, header or file).
+_SECRET_TAIL = re.compile(
+    r"(?i)(?:pass(?:w(?:or)?d|phrase)?|pwd|secret|token|credentials?|(?:api|access|secret|private|auth|client|"
+    r"signing|encryption|master|service|account)[_-]?key)s?"
+    r"(?:[_-]?(?:prod|production|dev|development|staging|stage|local|live|qa|uat|\d{1,3}))?$"
+)
+# Values of fixtures and documentation, and words that name a kind of credential rather than being one.
+_FIXTURE_WORDS = re.compile(r"(?i)test|fake|mock|dummy|stub|foo|bar|baz|invalid|wrong|insecure|not[_-]?a")
+_NOT_VALUES = frozenset(
+    {
+        "bearer",
+        "basic",
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "true",
+        "false",
+        "string",
+        "str",
+        "bytes",
+        "int",
+        "optional",
+        "required",
+        "hidden",
+        "env",
+        "environ",
+        "password1",
+        "secret_key",
+        "api_key",
+        "access_token",
+    }
+)
+# Identifiers and labels: snake_case, dotted.names, CONSTANT_CASE, kebab-case, Header-Names, TypeNames.
+_LABEL = re.compile(
+    r"_*[a-z][a-z0-9]*(?:[_.]+[a-z0-9]+)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[a-z][a-z0-9]*(?:-[a-z0-9]+)+"
+    r"|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+|[A-Z][a-z]+(?:[A-Z][a-z]+)+"
+)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.+/=@!#%^&*~:;,?|-]{6,256}")
+
+
+def _secret_named(name: str, at: int, text: str) -> bool:
+    """Whether `name` (starting at `at` in text) is a whole name whose last part is a secret word: `db_password`,
+    `dbPassword`, `API_TOKEN`; not `bypass`, `token_type`, `password_field`."""
+    if at > 0 and text[at - 1].isalpha() and not text[at].isupper():
+        return False  # inside a word: byPass is a word boundary, bypass is not
+    return _SECRET_TAIL.search(name) is not None
+
+
+def plain_secret(value: str) -> bool:
+    """A literal that a secret-named variable, key, DSN or header holds and that is a credential even when it
+    is a plain word ("correcthorsebattery"): not empty, a placeholder, a fixture, a template or a label."""
+    if not _PLAIN_VALUE.fullmatch(value) or value.lower() in _NOT_VALUES or value.lower() in _EXAMPLE_PASSWORDS:
+        return False
+    if _TEMPLATE.search(value) or _PLACEHOLDER_WORDS.search(value) or _FIXTURE_WORDS.search(value):
+        return False
+    if _LABEL.fullmatch(value):
+        return False  # an identifier (bos_token_id, my_secret_key), not a credential
+    return len(set(value.lower())) >= 4 and not set(value) <= set("xX*.-_#=")
+
+
 def _assignment_ok(m: re.Match[str], value: str) -> bool:
-    return looks_like_secret_value(value)
+    if looks_like_secret_value(value):
+        return True
+    return _secret_named(m.group("name"), m.start("name"), m.string) and plain_secret(value)
+
+
+def _named_value_ok(m: re.Match[str], value: str) -> bool:
+    """An environment lookup's default or a key: value line: the name must be a secret's, the value plain."""
+    name = m.group("name")
+    return _SECRET_TAIL.search(name.replace("-", "_")) is not None and plain_secret(value)
+
+
+def _plain_ok(m: re.Match[str], value: str) -> bool:
+    return plain_secret(value)
+
+
+def _in_string(text: str, pos: int) -> bool:
+    """Whether pos sits inside a string literal of its line (an odd number of one kind of quote before it):
+    `password=v` in "host=db password=v" is a connection string, in f(password=v) a keyword argument."""
+    line = text[text.rfind("\n", 0, pos) + 1 : pos].replace("\\\\", "").replace('\\"', "").replace("\\'", "")
+    return any(line.count(q) % 2 == 1 for q in "\"'`")
+
+
+def _dsn_ok(m: re.Match[str], value: str) -> bool:
+    return _in_string(m.string, m.start()) and plain_secret(value)
+
+
+# Kinds whose values may be plain words (not random-looking): found again elsewhere only as whole literals.
+_PLAIN_KINDS = frozenset(
+    {
+        "basic_auth",
+        "env_default",
+        "dsn_password",
+        "url_password",
+        "auth_header",
+        "secret_key_value",
+        "secret_assignment",
+    }
+)
+_Q = r"(?P<q>[\"'`])(?P<value>[^\"'`\\\n]{1,256})(?P=q)"
+# The default of an environment lookup: os.environ.get("DB_PASSWORD", "v"), os.getenv("X") or "v",
+# process.env.API_TOKEN || "v", process.env["API_TOKEN"] ?? "v".
+_ENV_DEFAULT = (
+    re.compile(r"(?:environ\.get|getenv)\(\s*[\"'](?P<name>[\w.-]{1,80})[\"']\s*,\s*" + _Q),
+    re.compile(r"(?:environ\.get|getenv)\(\s*[\"'](?P<name>[\w.-]{1,80})[\"']\s*\)\s*or\s+" + _Q),
+    re.compile(r"process\.env(?:\.|\[[\"'])(?P<name>\w{1,80})[\"']?\]?\s*(?:\|\||\?\?)\s*" + _Q),
+)
+# A password inside a connection string: libpq's "password=v" (and pwd=), JDBC's "?password=v"/"&password=v".
+_DSN_PASSWORD = re.compile(
+    r"(?i)(?<![\w-])(?:password|passwd|pwd|_authtoken|access_token|auth_token|api_?key|token|secret)="
+    r"(?P<value>[^\s;&\"'`<>{}$,()\[\]]{1,256})"
+)
+# A URL with a password and no user (redis://:v@host), and Go's MySQL DSN (user:v@tcp(host)).
+_URL_NO_USER = re.compile(r"://:(?P<value>[^@/\s\"'`]{1,256})@")
+_MYSQL_DSN = re.compile(r"(?<![\w/:])\w{1,64}:(?P<value>[^@/\s\"'`:]{1,256})@(?:tcp|unix)\(")
+# An Authorization header's credentials (Bearer, Basic, token), in code, curl, JSON or YAML.
+_AUTH_HEADER = re.compile(
+    r"(?i)authorization[\"']?\s*[:=,]\s*[\"']?\s*(?:bearer|basic|token)\s+(?P<value>[A-Za-z0-9._~+/=-]{8,512})"
+)
+# key: value and NAME=value lines of YAML, .env files, shell and Dockerfiles (unquoted or quoted), the key a
+# secret's: "  password: v", "export DB_PASSWORD=v", "ENV API_TOKEN v", "ARG NPM_TOKEN=v". A lower-case name
+# with "=" is a keyword argument in code (password=pw), so "=" takes an upper-case name or export/ENV/ARG.
+_KEY_VALUE_LINE = re.compile(
+    r"(?m)^[ \t]*(?:- )?(?:"
+    r"(?P<name>[A-Za-z_][\w.-]{0,80}):[ \t]+"
+    r"|(?:export[ \t]+|ENV[ \t]+|ARG[ \t]+)(?P<name2>[A-Za-z_][\w.-]{0,80})(?:=|[ \t]+)"
+    r"|(?P<name3>[A-Z_][A-Z0-9_]{0,80})="
+    r")(?P<q>[\"']?)(?P<value>[^\s\"'#]{1,256})(?P=q)[ \t]*(?:#.*)?$"
+)
+
+
+# An environment variable set for one command: PGPASSWORD=v psql ...
+_ENV_PREFIX = re.compile(
+    r"(?m)(?:^|[;&|(][ \t]*)(?P<name3>[A-Z_][A-Z0-9_]{0,80})=(?P<q>[\"']?)(?P<value>[^\s\"'#$;&|]{1,256})(?P=q)"
+    r"[ \t]+[\w./-]"
+)
+
+
+def _key_value_ok(m: re.Match[str], value: str) -> bool:
+    groups = m.groupdict()
+    name = groups.get("name") or groups.get("name2") or groups.get("name3") or ""
+    return _SECRET_TAIL.search(name.replace("-", "_").replace(".", "_")) is not None and plain_secret(value)
+
+
+# AWS's secret access key passed positionally next to its key id, as boto3.client(..., "AKIA...", "secret").
+_AWS_POSITIONAL = re.compile(r"(?P<q>[\"'])(?P<value>[A-Za-z0-9/+]{40})(?P=q)")
 
 
 _DETECTORS: tuple[_Detector, ...] = (
@@ -239,6 +391,26 @@ _DETECTORS: tuple[_Detector, ...] = (
         check=_jwt_ok,
     ),
     _Detector("basic_auth", ("://",), _plugin(BasicAuthDetector, token=False), group=1, check=_basic_auth_ok),
+    _Detector("aws_secret_key", ("akia", "asia"), (_AWS_POSITIONAL,), group="value"),
+    _Detector(
+        "env_default", ("getenv", "environ.get", "process.env"), _ENV_DEFAULT, group="value", check=_named_value_ok
+    ),
+    _Detector(
+        "dsn_password",
+        ("password=", "passwd=", "pwd=", "token=", "secret=", "key="),
+        (_DSN_PASSWORD,),
+        group="value",
+        check=_dsn_ok,
+    ),
+    _Detector("url_password", ("://:", "@tcp(", "@unix("), (_URL_NO_USER, _MYSQL_DSN), group="value", check=_plain_ok),
+    _Detector("auth_header", ("authorization",), (_AUTH_HEADER,), group="value", check=_plain_ok),
+    _Detector(
+        "secret_key_value",
+        ("pass", "pwd", "secret", "token", "credential", "key"),
+        (_KEY_VALUE_LINE, _ENV_PREFIX),
+        group="value",
+        check=_key_value_ok,
+    ),
     _Detector(
         "secret_assignment",
         (
@@ -350,11 +522,15 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
                 found.append((start, end, det.kind))
                 covered = max(covered, end)
     # The same random-looking value elsewhere in the file (used again without a telltale name) is a secret too.
+    # A plain-word value is found again only as a whole string literal, never as a piece of code.
     kind_of = {text[s:e]: k for s, e, k in found if k != "private_key"}
     for value, kind in sorted(kind_of.items()):
-        if looks_like_secret_value(value) or (kind != "basic_auth" and len(value) >= 16):
-            for m in re.finditer(rf"(?<![\w]){re.escape(value)}(?![\w])", text):
-                found.append((m.start(), m.end(), kind))
+        if looks_like_secret_value(value) or (kind not in _PLAIN_KINDS and len(value) >= 16):
+            reuse = rf"(?<![\w]){re.escape(value)}(?![\w])"
+        else:
+            reuse = rf"(?<=[\"'`]){re.escape(value)}(?=[\"'`])"
+        for m in re.finditer(reuse, text):
+            found.append((m.start(), m.end(), kind))
     return _merge(found)
 
 
