@@ -399,9 +399,10 @@ class _Paths:
                 self.by_dir[folder] = set()
                 self.dirs_by_name.setdefault(posixpath.basename(folder), set()).add(folder)
             self.by_dir[folder].add(path)
-            if not folder:
+            parent = posixpath.dirname(folder)
+            if not folder or parent == folder:  # "" for a relative path; "/" would be its own parent
                 break
-            folder = posixpath.dirname(folder)
+            folder = parent
 
     def discard(self, path: str) -> None:
         if path not in self.files:
@@ -420,9 +421,10 @@ class _Paths:
                 self.dirs_by_name[base].discard(folder)
                 if not self.dirs_by_name[base]:
                     del self.dirs_by_name[base]
-            if not folder:
+            parent = posixpath.dirname(folder)
+            if not folder or parent == folder:
                 break
-            folder = posixpath.dirname(folder)
+            folder = parent
 
     def direct_files(self, folder: str) -> list[str]:
         """Files directly in a folder (not in its subfolders), sorted."""

@@ -89,6 +89,28 @@ class _Pending:
     text: str | None = field(compare=False)  # None: re-read from disk (or remove when gone)
 
 
+def _contains(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def repository_of(path: str) -> str | None:
+    """The folder to index for a document outside every workspace folder: its git work tree's root, else its
+    own folder; None for a file directly in the filesystem root or the home folder (too much to walk)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while True:
+        if os.path.exists(os.path.join(probe, ".git")):
+            folder = probe
+            break
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if folder in (os.path.abspath(os.sep), os.path.expanduser("~")) or not os.path.isdir(folder):
+        return None
+    return folder
+
+
 class WorkspaceIndex:
     """Cross-file context for the server. Every public method returns at once (updates are queued)."""
 
@@ -101,6 +123,8 @@ class WorkspaceIndex:
         self._pending: dict[str, _Pending] = {}  # the latest job per path
         self._due: list[_Pending] = []  # every job queued, a heap by due time; replaced ones are skipped
         self._builds: list[str] = []  # roots waiting for their first build
+        self._roots: list[str] = []  # the client's workspace folders
+        self._implicit: set[str] = set()  # repositories of documents opened outside every workspace folder
         self._open: set[str] = set()  # absolute paths of open documents (their live text wins over disk)
         self._stop = False
         self._pool: ProcessPoolExecutor | None = None
@@ -110,8 +134,15 @@ class WorkspaceIndex:
     # ---- called from the event loop --------------------------------------------------------------------
 
     def set_roots(self, roots: list[str]) -> None:
-        """Index these folders (absolute paths); folders no longer listed are dropped."""
-        wanted = [os.path.abspath(r) for r in roots if r and os.path.isdir(r)]
+        """Index these folders (absolute paths) and the repositories of documents opened outside them; folders
+        no longer listed are dropped."""
+        self._roots = [os.path.abspath(r) for r in roots if r and os.path.isdir(r)]
+        self._update_folders()
+
+    def _update_folders(self) -> None:
+        inside = [r for r in self._implicit if any(_contains(root, r) for root in self._roots)]
+        self._implicit.difference_update(inside)  # a workspace folder now holds it
+        wanted = self._roots + sorted(self._implicit)
         with self._cond:
             for root in list(self._folders):
                 if root and root not in wanted:
@@ -133,16 +164,21 @@ class WorkspaceIndex:
                 with folder.lock:
                     folder.index.cfg = cfg
             return
-        roots = [r for r in self._folders if r]
         with self._cond:
             self._folders = {"": _Folder("", "", RepoIndex(cfg), ready=True)}
-        self.set_roots(roots)
+        self._update_folders()
         for path in list(self._open):
             self.refresh(path, None, None, delay=0.0)
 
     def opened(self, path: str, language: str | None, text: str) -> None:
         self._open.add(path)
         if language in LANGUAGES:
+            if not self._folder_of(path).root:
+                repo = repository_of(path)
+                if repo is not None and repo not in self._implicit:
+                    log.info("%s is outside every workspace folder: indexing %s for its context", path, repo)
+                    self._implicit.add(repo)
+                    self._update_folders()
             self.refresh(path, language, text, delay=0.0)
 
     def changed(self, path: str, language: str | None, text: str) -> None:
@@ -195,13 +231,12 @@ class WorkspaceIndex:
         folder = self._folder_of(path)
         if folder.root:
             return folder.name, PurePosixPath(os.path.relpath(path, folder.root)).as_posix()
-        return "", path
+        return "", os.path.basename(path)  # never an absolute path: it would reach the prompt
 
     def _folder_of(self, path: str) -> _Folder:
         best = self._folders[""]
         for root, folder in list(self._folders.items()):
-            inside = path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-            if root and inside and len(root) > len(best.root):
+            if root and _contains(root, path) and len(root) > len(best.root):
                 best = folder
         return best
 

@@ -251,7 +251,7 @@ def test_the_build_leaves_no_planted_secret_in_any_column(tmp_path: Path) -> Non
     from tests.secret_corpus import write_secret_corpus
 
     repo = tmp_path / "repo"
-    planted, looks = write_secret_corpus(repo)
+    planted, _ = write_secret_corpus(repo)
     out = tmp_path / "out"
     build_corpus(CorpusConfig(repos=[str(repo)], out=str(out), workers=1, split="file", test_fraction=0.3))
     blob = []
