@@ -18,6 +18,10 @@ from fimtune.engines.base import Completion, EngineError, EngineSettings
 POLL_S = 0.01  # how often a waiting call looks at its cancel event and its deadline
 ERROR_BODY_CHARS = 300  # how much of a server's non-JSON error body goes into a message
 DONE = object()  # SSE `data: [DONE]`: the server's end-of-stream marker
+# An answer is cut at max_tokens x this many characters (a token is rarely longer than 16), so a server that
+# ignores max_tokens cannot put megabytes into the editor or the server's memory.
+MAX_CHARS_PER_TOKEN = 32
+MAX_JSON_ANSWER_BYTES = 8 * 2**20  # a whole (not streamed) JSON answer larger than this is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +48,21 @@ Decoder = Callable[[dict[str, Any]], Delta]
 class StopMatcher:
     """Accumulates streamed text and cuts it at the first stop string, also one split across two chunks."""
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], max_chars: int = 0) -> None:
         self.stops = tuple(dict.fromkeys(s for s in stops if s))
         self._longest = max((len(s) for s in self.stops), default=0)
+        self.max_chars = max_chars  # 0: no cap
         self.text = ""
         self.stopped = False
+        self.capped = False  # stopped at max_chars rather than at a stop string
 
     def feed(self, chunk: str) -> bool:
-        """Add a chunk; True once a stop string has been seen (the text then ends just before it)."""
+        """Add a chunk; True once a stop string has been seen (the text then ends just before it) or the text has
+        reached max_chars (it is then cut there)."""
         if self.stopped or not chunk:
             return self.stopped
+        if self.max_chars and len(self.text) + len(chunk) > self.max_chars:
+            chunk = chunk[: self.max_chars - len(self.text) + self._longest]  # room to find a stop across the cap
         # A match not yet seen must end inside the new chunk, so it starts at most longest-1 characters earlier.
         start = max(0, len(self.text) - self._longest + 1)
         self.text += chunk
@@ -61,6 +70,9 @@ class StopMatcher:
         if cuts:
             self.text = self.text[: min(cuts)]
             self.stopped = True
+        if self.max_chars and len(self.text) >= self.max_chars:
+            self.text = self.text[: self.max_chars]
+            self.stopped = self.capped = True
         return self.stopped
 
 
@@ -87,6 +99,15 @@ def ndjson_payloads(lines: Iterator[str]) -> Iterator[dict[str, Any] | object]:
     for line in lines:
         if line.strip():
             yield _json_object(line)
+
+
+def _read_capped(response: httpx.Response) -> str:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MAX_JSON_ANSWER_BYTES:
+            raise BadAnswer(f"a JSON answer larger than {MAX_JSON_ANSWER_BYTES} bytes")
+    return body.decode("utf-8", errors="replace")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -141,10 +162,10 @@ class _Call:
     the connection is opened, or, on a reused keep-alive connection, from the response's `network_stream` once
     the headers are in (a cancel before that returns at once all the same; the reader hangs up at the headers)."""
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], max_chars: int) -> None:
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.matcher = StopMatcher(stops)
+        self.matcher = StopMatcher(stops, max_chars)
         self.finish: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -230,14 +251,17 @@ class HttpStream:
         payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
         decode: Decoder,
         cancel: threading.Event | None = None,
+        max_tokens: int = 0,
     ) -> Completion:
         """POST `body` as JSON to endpoint+path and read the streamed answer until the server ends it, a stop
-        string appears (the connection is then closed so the server stops), `cancel` is set or timeout_s passes."""
+        string appears (the connection is then closed so the server stops), `cancel` is set or timeout_s passes.
+        The text is cut at max_tokens x MAX_CHARS_PER_TOKEN characters whatever the server sends. A server that
+        ignores `stream` and answers one JSON object is read as that object."""
         start = time.perf_counter()
         if cancel is not None and cancel.is_set():
             return Completion("", "cancelled", 0.0)
         url = self.url(path)
-        call = _Call(stops)
+        call = _Call(stops, max_tokens * MAX_CHARS_PER_TOKEN)
         reader = threading.Thread(
             target=self._read, args=(call, url, body, payloads, decode), name=f"fimtune-{self.engine}", daemon=True
         )
@@ -266,7 +290,9 @@ class HttpStream:
             )
         if call.error is not None:
             raise call.error
-        if call.matcher.stopped:
+        if call.matcher.capped:
+            reason = "length"
+        elif call.matcher.stopped:
             reason = "stop"
         elif call.finish is not None:
             reason = call.finish
@@ -288,6 +314,12 @@ class HttpStream:
                 if response.status_code >= 400:
                     response.read()
                     call.error = self._status_error(url, response)
+                elif 300 <= response.status_code < 400:
+                    where = response.headers.get("location", "elsewhere")
+                    call.error = EngineError(
+                        f"{self.engine} engine: {url} answered HTTP {response.status_code}, a redirect to {where}; "
+                        "set endpoint to the server's own base URL (a proxy or login page is in the way)"
+                    )
                 else:
                     self._consume(call, response, payloads, decode)
                 with call.lock:
@@ -311,9 +343,13 @@ class HttpStream:
         decode: Decoder,
     ) -> None:
         kind = response.headers.get("content-type", "")
-        if payloads is sse_payloads and "event-stream" not in kind:  # anything else would read as no events at all
-            raise BadAnswer(f"Content-Type {kind!r} where text/event-stream was expected")
-        for payload in payloads(response.iter_lines()):
+        if "application/json" in kind:  # a server that ignores `stream`: one JSON answer
+            stream: Iterator[dict[str, Any] | object] = iter([_json_object(_read_capped(response))])
+        elif payloads is sse_payloads and "event-stream" not in kind:  # anything else would read as no events
+            raise BadAnswer(f"Content-Type {kind!r} where text/event-stream or application/json was expected")
+        else:
+            stream = payloads(response.iter_lines())
+        for payload in stream:
             if call.aborted:
                 return
             if payload is DONE:

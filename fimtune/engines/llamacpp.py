@@ -68,7 +68,9 @@ class LlamaCppEngine:
         if self.settings.model:
             body["model"] = self.settings.model
         body = merge_extra(body, self.settings.extra)
-        return self.http.post("/infill", body, stops, sse_payloads, decode_message, cancel)
+        return self.http.post(
+            "/infill", body, stops, sse_payloads, decode_message, cancel, max_tokens=request.max_tokens
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -44,7 +44,9 @@ class OllamaEngine:
             "options": {"num_predict": request.max_tokens, "temperature": request.temperature, "stop": list(stops)},
         }
         body = merge_extra(body, self.settings.extra)
-        return self.http.post("/api/generate", body, stops, ndjson_payloads, decode_line, cancel)
+        return self.http.post(
+            "/api/generate", body, stops, ndjson_payloads, decode_line, cancel, max_tokens=request.max_tokens
+        )
 
     def close(self) -> None:
         self.http.close()

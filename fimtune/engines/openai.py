@@ -62,7 +62,7 @@ class OpenAIEngine:
         if self.settings.model:
             body["model"] = self.settings.model
         body = merge_extra(body, self.settings.extra)
-        return self.http.post(self.path, body, stops, sse_payloads, decode_chunk, cancel)
+        return self.http.post(self.path, body, stops, sse_payloads, decode_chunk, cancel, max_tokens=request.max_tokens)
 
     def close(self) -> None:
         self.http.close()

@@ -1,0 +1,121 @@
+"""HTTP engines against servers that bend their API: a whole JSON answer to a streamed request, a redirect, an
+endpoint that ignores max_tokens. Each server here is a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fimtune.engines import EngineError, EngineSettings, make_engine
+from fimtune.engines.http import MAX_CHARS_PER_TOKEN
+from tests.test_engines_http import fim_request
+
+Answer = Callable[[BaseHTTPRequestHandler, dict[str, object]], None]
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Answer], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                answer(self, body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _json(handler: BaseHTTPRequestHandler, payload: dict[str, object], status: int = 200) -> None:
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def test_openai_reads_a_whole_json_answer_from_a_server_that_ignores_stream(server: Callable[[Answer], str]) -> None:
+    def answer(h: BaseHTTPRequestHandler, body: dict[str, object]) -> None:
+        assert body["stream"] is True
+        choice = {"index": 0, "text": "    return x + 1", "finish_reason": "stop", "logprobs": None}
+        _json(
+            h, {"object": "text_completion", "choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}
+        )
+
+    engine = make_engine(EngineSettings(engine="openai", endpoint=server(answer)))
+    c = engine.complete(fim_request(), threading.Event())
+    assert (c.text, c.stop_reason, c.prompt_tokens, c.completion_tokens) == ("    return x + 1", "end", 9, 5)
+
+
+def test_ollama_reads_a_non_streamed_answer(server: Callable[[Answer], str]) -> None:
+    def answer(h: BaseHTTPRequestHandler, body: dict[str, object]) -> None:
+        _json(
+            h,
+            {
+                "model": "m",
+                "response": "    return x + 1",
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 9,
+                "eval_count": 5,
+            },
+        )
+
+    engine = make_engine(EngineSettings(engine="ollama", endpoint=server(answer), model="m"))
+    c = engine.complete(fim_request(), threading.Event())
+    assert c.text == "    return x + 1" and c.completion_tokens == 5
+
+
+@pytest.mark.parametrize("backend", ["openai", "llamacpp", "ollama"])
+def test_a_redirect_is_named_as_one(server: Callable[[Answer], str], backend: str) -> None:
+    def answer(h: BaseHTTPRequestHandler, body: dict[str, object]) -> None:
+        h.send_response(302)
+        h.send_header("Location", "https://sso.example.org/login")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    engine = make_engine(EngineSettings(engine=backend, endpoint=server(answer), model="m"))
+    with pytest.raises(EngineError, match=r"answered HTTP 302, a redirect to https://sso.example.org/login"):
+        engine.complete(fim_request(), threading.Event())
+
+
+def test_an_endpoint_ignoring_max_tokens_is_cut_at_the_token_limit(server: Callable[[Answer], str]) -> None:
+    sent = {"chunks": 0}
+
+    def answer(h: BaseHTTPRequestHandler, body: dict[str, object]) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.end_headers()
+        try:
+            for _ in range(10_000):  # 10 million characters, whatever max_tokens said
+                chunk = {"choices": [{"index": 0, "text": "x" * 1000, "finish_reason": None}]}
+                h.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                sent["chunks"] += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the engine hung up once it had enough
+
+    engine = make_engine(EngineSettings(engine="openai", endpoint=server(answer)))
+    start = time.perf_counter()
+    c = engine.complete(fim_request(max_tokens=16), threading.Event())
+    assert len(c.text) == 16 * MAX_CHARS_PER_TOKEN and c.stop_reason == "length"
+    assert time.perf_counter() - start < 5.0
+    time.sleep(0.2)
+    assert sent["chunks"] < 10_000  # the stream was closed, not read to its end
