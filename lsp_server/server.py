@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Generator
 from typing import Any, BinaryIO
 
@@ -195,10 +197,46 @@ class FimtuneServer(LanguageServer):
             self.host.close()
             if self.index is not None:
                 self.index.close()
+            for child in multiprocessing.active_children():  # the index's workers: nothing waits for them now
+                child.kill()
 
     def shutdown(self) -> None:
         self.close_components()
         super().shutdown()
+
+
+CLIENT_POLL_S = 0.5  # how often the server looks whether the client process named in initialize still runs
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) said it exists
+
+
+def watch_client_process(ls: FimtuneServer, pid: int) -> None:
+    """Exit when the client process named in initialize dies: an editor that was killed may leave this
+    server's stdin open (another process holds the pipe), and the server must not outlive it. The engine, the
+    index and their worker processes go with it."""
+
+    def run() -> None:
+        while _process_alive(pid):
+            time.sleep(CLIENT_POLL_S)
+        log.warning("the client process %d has exited; shutting down", pid)
+        ls.close_components()
+        logging.shutdown()
+        os._exit(1)  # as for `exit` without `shutdown`: nobody is left to wait for a clean stop
+
+    threading.Thread(target=run, name="fimtune-client-watch", daemon=True).start()
 
 
 def set_log_level(level: str, client_handler: logging.Handler | None = None) -> None:
@@ -287,6 +325,8 @@ def create_server(defaults: Settings | None = None) -> FimtuneServer:
         ls.inline_client = text_caps is not None and text_caps.inline_completion is not None
         roots[:] = _roots(params)
         ls.apply_settings(params.initialization_options, ls.defaults)
+        if params.process_id:
+            watch_client_process(ls, params.process_id)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: FimtuneServer, params: types.InitializedParams) -> None:
@@ -486,11 +526,16 @@ def _start_io_pipe(server: FimtuneServer, stdin: BinaryIO, stdout: BinaryIO) -> 
         )
 
     stop = server._stop_event = threading.Event()
+    code: int | str | None = 0
     try:
         asyncio.run(run())
     except BrokenPipeError:
         log.error("the connection to the client is lost; shutting down")
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
+    except SystemExit as e:  # `exit`: 0 after `shutdown`, 1 without (the LSP specification's exit codes)
+        code = e.code
     finally:
         server.shutdown()
+    if code:
+        raise SystemExit(code)
