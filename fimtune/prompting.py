@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from fimtune.fim_format import (
 )
 from fimtune.records import FimExample
 from fimtune.run_meta import RunMeta, read_run_meta
-from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
+from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer, read_tokenizer_folder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,9 +40,17 @@ class PromptSpec:
 
     @classmethod
     def from_run(cls, run: str | Path, tokenizer: object | None = None) -> PromptSpec:
-        """A run folder's fimtune.json (refusing unknown format versions: RunMetaError)."""
+        """A run folder's fimtune.json (refusing unknown format versions: RunMetaError), with the run's own
+        tokenizer: the one given (the local engine's), else the tokenizer.json training saved in the run folder
+        (or its base model's), read without torch, so that every engine budgets prompts exactly as training
+        did. Only a run with neither falls back to the character estimate (logged)."""
         meta = read_run_meta(run)
         tok = as_fim_tokenizer(tokenizer) if tokenizer is not None else None
+        if tok is None:
+            folders = [Path(run).expanduser()] + ([Path(meta.base_model_path)] if meta.base_model_path else [])
+            tok = next((t for t in map(read_tokenizer_folder, folders) if t is not None), None)
+            if tok is None:
+                log.warning("no tokenizer.json in %s: prompt budgets are estimates", " or ".join(map(str, folders)))
         template = get_template(meta.template)
         if tok is not None:
             check_tokenizer(template, tok)

@@ -182,6 +182,23 @@ def as_fim_tokenizer(tok: object) -> FimTokenizer:
     )
 
 
+def read_tokenizer_folder(folder: str | Path) -> FimTokenizer | None:
+    """The tokenizer of a model or run folder from its tokenizer.json, read with `tokenizers` alone (no torch,
+    no transformers), exactly as the transformers fast tokenizer training used counts; None when there is none.
+    The template fimtune recorded in tokenizer_config.json comes with it."""
+    path = Path(folder).expanduser()
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return None
+    template = None
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = config.get(TEMPLATE_KEY) if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        pass
+    return TokenizersAdapter(tokenizers.Tokenizer.from_file(str(file)), name=str(path), template=template)
+
+
 def build_byte_tokenizer(special_tokens: Iterable[str]) -> tokenizers.Tokenizer:
     """Byte-level BPE with no merges: ids 0-255 are the bytes, then each special token in the order given."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()

@@ -384,7 +384,7 @@ class Completer:
             "language": fim.language,
             "prefixChars": len(fim.prefix),
             "suffixChars": len(fim.suffix),
-            "context": [{"path": s.path, "kind": s.kind, "chars": len(s.text)} for s in fim.context],
+            "context": [{"path": s.path, "kind": s.kind, "chars": len(s.text), "text": s.text} for s in fim.context],
             "contextKept": r.context_kept,
         }
 

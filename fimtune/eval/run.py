@@ -132,18 +132,12 @@ def pick(examples: list[FimExample], limit: int, seed: int) -> list[FimExample]:
 
 def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
     """The PromptSpec for an engine that holds no tokenizer (HTTP, fixed): the run's fimtune.json with the
-    tokenizer training saved beside it, or the base model's template and tokenizer."""
+    tokenizer training saved beside it (PromptSpec.from_run), or the base model's template and tokenizer."""
     from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
 
     try:
         if cfg.run:
-            run = Path(cfg.run).expanduser()
-            meta = read_run_meta(run)
-            for where in (run, Path(meta.base_model_path)) if meta.base_model_path else (run,):
-                if (where / "tokenizer_config.json").exists():
-                    return PromptSpec.from_run(run, load_tokenizer(where))
-            log.warning("no tokenizer in %s or at %s: prompt budgets are estimates", run, meta.base_model_path)
-            return PromptSpec.from_run(run)
+            return PromptSpec.from_run(cfg.run)  # the run's own tokenizer.json, as serve reads it
         path = resolve_base_model(cfg.base_model)
         return PromptSpec.for_base(
             cfg.template, load_tokenizer(path), model_type_of(path), context_limit=context_limit(path)
