@@ -105,7 +105,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "maxTokens": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
     "debounceMs": (lambda v: 0 <= v <= 5000, "an integer from 0 to 5000"),
     "timeoutMs": (lambda v: 50 <= v <= 600_000, "an integer from 50 to 600000"),
-    "context.maxChars": (lambda v: 0 <= v <= 200_000, "an integer from 0 to 200000"),
+    "context.maxChars": (lambda v: 1 <= v <= 200_000, "an integer from 1 to 200000"),
     "logLevel": (lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
     "fixed.delayMs": (lambda v: 0 <= v <= 600_000, "an integer from 0 to 600000"),
 }

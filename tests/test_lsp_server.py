@@ -512,3 +512,18 @@ async def test_disabled_language_gets_nothing(client: LanguageClient, workspace:
     assert await inline(client, uri, 1, 4) == []
     go = open_doc(client, workspace, "package main\n\nfunc f() {\n\t\n}\n", name="main.go", lang="go")
     assert [i.insert_text for i in await inline(client, go, 3, 1)] == ["x := 1"]
+
+
+async def test_no_bad_setting_stops_the_engine(client: LanguageClient, workspace: Path) -> None:
+    uri = open_doc(client, workspace, "def add(a, b):\n    \n")
+    keep = {"engine", "fixed.text", "fixed.delayMs", "fixed.error", "enabled", "languages", "timeoutMs"}
+    from tests.test_lsp_settings_grid import bad_values
+
+    grid = [(k, v) for k, v in bad_values() if k not in keep]  # those decide the answer this test checks
+    assert len(grid) > 60
+    for key, value in grid:
+        head, _, leaf = key.partition(".")
+        await configure(client, **({head: {leaf: value}} if leaf else {head: value}))  # asserts the state is not error
+        got = [i.insert_text for i in await inline(client, uri, 1, 4)]
+        assert got == ["return a + b"], (key, value, got)
+    await configure(client)
