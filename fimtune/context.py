@@ -671,21 +671,30 @@ def _imported_names(specs: Iterable[str]) -> frozenset[str]:
     return frozenset(t for spec in specs for t in tokenize(spec)[-1:])
 
 
+# The lines around a cursor that retrieval reads are cut to this many characters as well: a 5 MB minified line
+# is one line, and tokenizing it on every request froze the server.
+LINES_MAX_CHARS = 16_384
+
+
 def _tail_lines(text: str, n: int) -> str:
+    """The last n lines of text (at most LINES_MAX_CHARS characters)."""
+    floor = max(0, len(text) - LINES_MAX_CHARS)
     pos = len(text)
     for _ in range(n):
-        pos = text.rfind("\n", 0, pos)
+        pos = text.rfind("\n", floor, pos)
         if pos < 0:
-            return text
+            return text[floor:]
     return text[pos + 1 :]
 
 
 def _head_lines(text: str, n: int) -> str:
+    """The first n lines of text (at most LINES_MAX_CHARS characters)."""
+    ceiling = min(len(text), LINES_MAX_CHARS)
     pos = -1
     for _ in range(n):
-        pos = text.find("\n", pos + 1)
+        pos = text.find("\n", pos + 1, ceiling)
         if pos < 0:
-            return text
+            return text[:ceiling]
     return text[:pos]
 
 

@@ -68,6 +68,9 @@ import tree_sitter as ts
 from fimtune.languages import LANGUAGES, get_language
 
 WINDOW_LINES = 150  # lines of prefix and of suffix parsed for the syntax check
+# ... and at most this many characters of each: a 5 MB minified line is one line, and parsing it whole on every
+# completion froze the server (the parse holds the interpreter lock).
+WINDOW_CHARS = 16_384
 MAX_WINDOW_ERRORS = 25  # a completed window with more errors than this gets no syntax verdict (accepted)
 MAX_REPEAT_PERIOD = 4  # longest group of lines the repeat rule looks for
 MODES = ("auto", "single", "multi")
@@ -247,12 +250,14 @@ def _prefix_state(lexer: re.Pattern[str], prefix_window: str) -> tuple[list[tupl
 
 
 def _last_lines(text: str, n: int) -> str:
-    """The text after the (n+1)-th newline from the end: the current partial line and n lines before it."""
+    """The text after the (n+1)-th newline from the end: the current partial line and n lines before it; at most
+    WINDOW_CHARS characters of it."""
+    floor = max(0, len(text) - WINDOW_CHARS)
     pos = len(text)
     for _ in range(n + 1):
-        pos = text.rfind("\n", 0, pos)
+        pos = text.rfind("\n", floor, pos)
         if pos < 0:
-            return text
+            return text[floor:]
     return text[pos + 1 :]
 
 
@@ -286,18 +291,19 @@ def suffix_window(suffix: str) -> str:
 
 
 def _first_lines(text: str, n: int) -> str:
-    """The rest of the current line and n lines after it (with their newlines)."""
+    """The rest of the current line and n lines after it (with their newlines); at most WINDOW_CHARS characters."""
+    ceiling = min(len(text), WINDOW_CHARS)
     pos = -1
     for _ in range(n + 1):
-        pos = text.find("\n", pos + 1)
+        pos = text.find("\n", pos + 1, ceiling)
         if pos < 0:
-            return text
+            return text[:ceiling]
     return text[: pos + 1]
 
 
 def _rest_of_line(suffix: str) -> str:
-    nl = suffix.find("\n")
-    return suffix if nl < 0 else suffix[:nl]
+    nl = suffix.find("\n", 0, WINDOW_CHARS)
+    return suffix[:WINDOW_CHARS] if nl < 0 else suffix[:nl]
 
 
 def _indent(line: str) -> int:

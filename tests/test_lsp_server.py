@@ -527,3 +527,21 @@ async def test_no_bad_setting_stops_the_engine(client: LanguageClient, workspace
         got = [i.insert_text for i in await inline(client, uri, 1, 4)]
         assert got == ["return a + b"], (key, value, got)
     await configure(client)
+
+
+async def test_one_very_long_line_is_bounded_work_and_the_server_stays_responsive(
+    client: LanguageClient, workspace: Path
+) -> None:
+    """A 5 MB minified line: each completion parses a window of characters, not the whole line, and other
+    requests are answered while one is worked on."""
+    await configure(client)
+    line = "var a=" + ",".join(f"f{i}(x{i})" for i in range(600_000)) + ";"
+    assert len(line) > 5_000_000
+    uri = open_doc(client, workspace, line + "\nfunction add(a, b) {\n  \n}\n", name="minified.js", lang="javascript")
+    for character in (len(line) // 2, len(line)):  # inside the long line, then at its end
+        t0 = time.monotonic()
+        task = asyncio.ensure_future(inline(client, uri, 0, character))
+        status = await request(client, "fimtune/status")
+        assert status["state"] == "ready" and time.monotonic() - t0 < 1.0
+        await task
+        assert time.monotonic() - t0 < 3.0, time.monotonic() - t0
