@@ -31,6 +31,7 @@ from fimtune.fim_format import FimFormatError, FimRequest
 from fimtune.languages import LANGUAGES, language_for_path
 from fimtune.postprocess import StopRules, postprocess
 from fimtune.records import Snippet
+from lsp_server.documents import without_lone_surrogates
 from lsp_server.engine_host import EngineHost, Loaded
 from lsp_server.settings import Settings
 from lsp_server.workspace import WorkspaceIndex
@@ -412,7 +413,7 @@ class Completer:
                 self._time("engine", t)
             if completion.stop_reason == "cancelled" or cancel.is_set():
                 return None
-            raw = completion.text
+            raw = without_lone_surrogates(completion.text)  # an engine's "\ud800" must not fail the answer
             self._cache.put(key, raw)
         else:
             self._count("cache_hits")

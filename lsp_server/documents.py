@@ -55,6 +55,15 @@ def _index_in_line(line: str, units: int, encoding: str) -> int:
     return len(line)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(text: str) -> str:
+    """text with each lone surrogate (a JSON "\\ud800" a client or engine sent; a Python str holds no valid pair)
+    replaced by U+FFFD: both take one UTF-16 unit, so positions do not move, and the text can be encoded."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def uri_to_path(uri: str) -> str:
     """A file URI's local path; other schemes (untitled:, ...) give their path part."""
     return to_fs_path(uri) or unquote(urlparse(uri).path)
@@ -71,6 +80,7 @@ class Document:
     _starts: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.text = without_lone_surrogates(self.text)
         if self.encoding not in ENCODINGS:
             self.encoding = "utf-16"
         self.path = self.path or uri_to_path(self.uri)
@@ -127,6 +137,7 @@ class Document:
 
     def apply(self, text: str, start: tuple[int, int] | None = None, end: tuple[int, int] | None = None) -> None:
         """Replace a range (LSP positions) with `text`, or the whole document when no range is given."""
+        text = without_lone_surrogates(text)
         if start is None or end is None:
             self.text = text
             self._reset()

@@ -545,3 +545,17 @@ async def test_one_very_long_line_is_bounded_work_and_the_server_stays_responsiv
         assert status["state"] == "ready" and time.monotonic() - t0 < 1.0
         await task
         assert time.monotonic() - t0 < 3.0, time.monotonic() - t0
+
+
+async def test_a_lone_surrogate_in_the_document_or_the_engines_answer_fails_nothing(
+    client: LanguageClient, workspace: Path
+) -> None:
+    await configure(client)
+    uri = open_doc(client, workspace, "x = '\ud800'\ndef add(a, b):\n    \n")
+    assert [i.insert_text for i in await inline(client, uri, 2, 4)] == ["return a + b"]
+    insert(client, uri, 2, 0, 5, "\udc00")  # an edit with one too
+    assert [i.insert_text for i in await inline(client, uri, 2, 4)] == ["return a + b"]
+    await configure(client, fixed={"text": "return '\udfff'"})
+    other = open_doc(client, workspace, "def add(a, b):\n    \n")
+    assert [i.insert_text for i in await inline(client, other, 1, 4)] == ["return '\ufffd'"]
+    await configure(client)
