@@ -1,0 +1,38 @@
+"""Memory bounded by settings, not by history: suggestions shown in a large document keep no copy of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_prompt_identity_serve import Client
+
+
+def test_shown_suggestions_keep_no_copy_of_their_document(tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    client = Client({"engine": "fixed", "fixed": {"text": "return a + b"}, "debounceMs": 0}, tmp_path)
+    try:
+        block = "def function_{i}(value):\n    return value * {i}\n\n\n"
+        text = "".join(block.format(i=i) for i in range(200_000))  # about 8 MB
+        uri = (tmp_path / "big.py").as_uri()
+        doc = {"uri": uri, "languageId": "python", "version": 1, "text": text}
+        client.notify("textDocument/didOpen", {"textDocument": doc})
+        lines = text.count("\n")
+
+        def suggest(line: int) -> None:
+            params = {
+                "textDocument": {"uri": uri},
+                "position": {"line": line, "character": 4},
+                "context": {"triggerKind": 1},
+            }
+            assert client.request("textDocument/inlineCompletion", params)["items"]
+
+        suggest(2)
+        before = psutil.Process(client.proc.pid).memory_info().rss
+        for n in range(60):  # each suggestion at another cursor: a new prefix and suffix
+            suggest(4 * ((n * 977) % (lines // 4 - 1)) + 2)  # an empty line between two functions
+        grown = psutil.Process(client.proc.pid).memory_info().rss - before
+        assert grown < 150 * 2**20, f"{grown / 2**20:.0f} MiB more after 60 suggestions in an 8 MB document"
+    finally:
+        client.close()
