@@ -15,6 +15,8 @@ import hashlib
 import itertools
 import json
 import logging
+import os
+import queue
 import re
 import threading
 import time
@@ -171,7 +173,11 @@ class Telemetry:
     """Shown/accepted events appended to a local JSONL file (`telemetry.path`); code text only when asked."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fimtune-telemetry")
+        # A daemon thread of its own, not an executor's: interpreter exit joins executor threads, and a write
+        # blocked on a hung mount must not keep the server alive after its client has gone.
+        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fimtune-telemetry", daemon=True)
+        self._thread.start()
         self._failed: str | None = None
 
     def write(self, settings: Settings, record: dict[str, Any]) -> None:
@@ -179,22 +185,32 @@ class Telemetry:
         if not path:
             return
         record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
-        self._pool.submit(self._append, path, json.dumps(record, ensure_ascii=False))
+        self._queue.put((path, json.dumps(record, ensure_ascii=False)))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._append(*item)
 
     def _append(self, path: str, line: str) -> None:
+        """Append a line; a FIFO nobody reads or a full pipe is skipped (non-blocking open and write)."""
         try:
             target = Path(path).expanduser()
             target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
             self._failed = None
         except OSError as e:
             if self._failed != path:
                 log.warning("telemetry: cannot append to %s (%s); set telemetry.path to a writable file", path, e)
             self._failed = path
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Write what is queued, waiting at most timeout_s: never hang the shutdown on a blocked file."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
 
 
 class Completer:

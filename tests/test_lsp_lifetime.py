@@ -109,3 +109,26 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def test_a_telemetry_file_that_blocks_hangs_neither_completions_nor_shutdown(tmp_path: Path) -> None:
+    from tests.test_prompt_identity_serve import Client
+
+    fifo = tmp_path / "telemetry.fifo"
+    os.mkfifo(fifo)  # nobody ever reads it: a blocking open would wait forever
+    settings = {
+        "engine": "fixed",
+        "fixed": {"text": "return a + b"},
+        "debounceMs": 0,
+        "telemetry": {"path": str(fifo), "includeText": False},
+    }
+    client = Client(settings, tmp_path)
+    uri = (tmp_path / "t.py").as_uri()
+    doc = {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    \n"}
+    client.notify("textDocument/didOpen", {"textDocument": doc})
+    params = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 4}, "context": {"triggerKind": 1}}
+    for _ in range(3):
+        assert client.request("textDocument/inlineCompletion", params)["items"]
+    start_t = time.monotonic()
+    client.close()  # shutdown, exit, and the process ends
+    assert time.monotonic() - start_t <= EXIT_WITHIN_S and client.proc.returncode == 0

@@ -72,9 +72,14 @@ class Client:
                 return message.get("result")
 
     def close(self) -> None:
-        self.request("shutdown", None)
-        self.notify("exit", None)
-        self.proc.wait(timeout=10)
+        try:
+            self.request("shutdown", None)
+            self.notify("exit", None)
+            self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:  # a server that hangs must not outlive its test
+                self.proc.kill()
+                self.proc.wait()
 
 
 def served_prompts(run: Path, root: Path, doc: Path, text: str, line: int, character: int) -> dict[str, Any]:
