@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
-from pygls.io_ import StdoutWriter, run_async
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import JsonRPCNotification
@@ -30,6 +30,7 @@ from lsp_server.completer import Answer, Completer, Cursor, fimtune_language
 from lsp_server.documents import Document, Documents, PositionError, uri_to_path
 from lsp_server.engine_host import EngineHost, context_config
 from lsp_server.settings import Settings, parse_settings, settings_section
+from lsp_server.transport import BAD, run_stdio
 from lsp_server.workspace import WorkspaceIndex
 
 log = logging.getLogger("lsp_server")
@@ -64,6 +65,43 @@ class FimtuneProtocol(LanguageServerProtocol):
                 error = JsonRpcInvalidParams(f"invalid params for {data['method']}: {exc.__cause__ or exc}")
                 self._send_response(data["id"], error=error.to_response_error())
             return JsonRPCNotification(method="$/fimtune/ignored", jsonrpc="2.0", params=None)
+
+    def receive(self, value: object) -> None:
+        """One message from the transport (its JSON value, or BAD): dispatched, or answered with the JSON-RPC
+        error that fits, so that no request goes unanswered whatever a client sends."""
+        if value is BAD:
+            self._error(None, -32700, "Parse error: the message body is not JSON (or not UTF-8, or nested too deep)")
+            return
+        if isinstance(value, list):
+            self._error(None, -32600, "Invalid Request: batches are not part of LSP; send one message at a time")
+            return
+        if not isinstance(value, dict):
+            self._error(None, -32600, "Invalid Request: a message is a JSON object")
+            return
+        msg_id = value.get("id")
+        id_ok = "id" not in value or (isinstance(msg_id, int | str) and not isinstance(msg_id, bool))
+        method = value.get("method")
+        if value.get("jsonrpc") != "2.0" or not id_ok or ("method" in value and not isinstance(method, str)):
+            if "method" in value or not id_ok:
+                self._error(
+                    msg_id if id_ok else None,
+                    -32600,
+                    'Invalid Request: a message needs "jsonrpc": "2.0", a string "method" and an int or string "id"',
+                )
+            return
+        if self._shutdown and "id" in value and "method" in value and method != types.EXIT:
+            self._error(msg_id, -32600, f"Invalid Request: the server is shutting down; {method} is not served")
+            return
+        try:
+            self.handle_message(self.structure_message(value))
+        except Exception as exc:  # a handler bug: answer the request, keep serving
+            log.exception("unable to handle %s", method or "a message")
+            if "id" in value and "method" in value:
+                self._error(msg_id, -32603, f"Internal error: {exc}")
+
+    def _error(self, msg_id: object, code: int, message: str) -> None:
+        log.warning("answered %s with error %d: %s", msg_id, code, message)
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
     def _user(self, method: str, params: Any) -> Generator[Any, Any, None]:
         if (handler := self.fm.features.get(method)) is not None:
@@ -517,13 +555,7 @@ def _start_io_pipe(server: FimtuneServer, stdin: BinaryIO, stdout: BinaryIO) -> 
         reader = asyncio.StreamReader(limit=1 << 20)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
         server.protocol.set_writer(StdoutWriter(stdout))
-        await run_async(
-            stop_event=stop,
-            reader=reader,
-            protocol=server.protocol,
-            logger=logging.getLogger("pygls.server"),
-            error_handler=server.report_server_error,
-        )
+        await run_stdio(reader, stop, server.protocol.receive)
 
     stop = server._stop_event = threading.Event()
     code: int | str | None = 0
