@@ -441,9 +441,13 @@ class Completer:
             t = time.perf_counter()
             try:
                 completion = loaded.engine.complete(request, cancel)
+            except EngineError as e:
+                self.host.answered(loaded.generation, str(e))
+                raise
             finally:
                 self._count("engine_running", -1)
                 self._time("engine", t)
+            self.host.answered(loaded.generation, None)
             if completion.stop_reason == "cancelled" or cancel.is_set():
                 return None
             raw = without_lone_surrogates(completion.text)  # an engine's "\ud800" must not fail the answer

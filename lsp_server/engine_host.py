@@ -80,6 +80,7 @@ class EngineHost:
         self._loaded: Loaded | None = None
         self._key: tuple[EngineSettings, str, int] | None = None
         self._generation = 0
+        self._settings: Settings | None = None  # of the loaded engine
         self.status: dict[str, str] = {"state": "loading", "engine": "", "model": "", "message": "starting"}
 
     def current(self) -> Loaded | None:
@@ -132,8 +133,31 @@ class EngineHost:
             return
         if old is not None:
             _close(old.engine)
+        self._settings = settings
+        check = getattr(engine, "check", None)  # HTTP engines: is anything listening at the endpoint?
+        try:
+            if callable(check):
+                check()
+        except EngineError as e:
+            log.error("%s", e)
+            self._set_status("error", settings, str(e))  # loaded all the same: it is tried on each request
+            return
         log.info("engine ready: %s, template %s", settings.engine, spec.template.name)
         self._set_status("ready", settings, f"{settings.engine} engine ready (template {spec.template.name})")
+
+    def answered(self, generation: int, error: str | None) -> None:
+        """A request to the loaded engine succeeded (error None) or failed: the status follows, so a server
+        that went down shows `error` and one that came up shows `ready` again."""
+        loaded, settings = self._loaded, self._settings
+        if loaded is None or loaded.generation != generation or settings is None:
+            return
+        state = self.status["state"]
+        if error is None and state == "error":
+            self._set_status(
+                "ready", settings, f"{settings.engine} engine ready (template {loaded.spec.template.name})"
+            )
+        elif error is not None and state == "ready" and "cannot connect" in error:
+            self._set_status("error", settings, error)
 
     def _failed(self, settings: Settings, generation: int, engine: Engine | None, message: str) -> None:
         if engine is not None:

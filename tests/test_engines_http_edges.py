@@ -4,10 +4,12 @@ endpoint that ignores max_tokens. Each server here is a real HTTP server on loop
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,54 @@ def test_an_endpoint_ignoring_max_tokens_is_cut_at_the_token_limit(server: Calla
     assert time.perf_counter() - start < 5.0
     time.sleep(0.2)
     assert sent["chunks"] < 10_000  # the stream was closed, not read to its end
+
+
+def test_the_status_reports_a_dead_endpoint_and_recovers_when_it_answers(tmp_path: Path) -> None:
+    from tests.test_prompt_identity_serve import Client
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    settings = {
+        "engine": "openai",
+        "endpoint": f"http://127.0.0.1:{port}",
+        "template": "qwen2.5-coder",
+        "debounceMs": 0,
+        "timeoutMs": 3000,
+    }
+    client = Client(settings, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while (status := client.request("fimtune/status", None))["state"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status["state"] == "error" and "cannot connect" in status["message"], status
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                _json(self, {"choices": [{"index": 0, "text": "return a + b", "finish_reason": "stop"}]})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            uri = (tmp_path / "a.py").as_uri()
+            doc = {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    \n"}
+            client.notify("textDocument/didOpen", {"textDocument": doc})
+            params = {
+                "textDocument": {"uri": uri},
+                "position": {"line": 1, "character": 4},
+                "context": {"triggerKind": 1},
+            }
+            items = client.request("textDocument/inlineCompletion", params)["items"]
+            assert [i["insertText"] for i in items] == ["return a + b"]
+            assert client.request("fimtune/status", None)["state"] == "ready"
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    finally:
+        client.close()

@@ -243,6 +243,19 @@ class HttpStream:
     def url(self, path: str) -> str:
         return self.endpoint + path
 
+    def check(self) -> None:
+        """Whether the server accepts a connection at all (EngineError when not): a status that says `ready`
+        for a dead endpoint sends the user looking in the wrong place."""
+        url = httpx.URL(self.endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.host, port), timeout=self.connect_timeout_s).close()
+        except OSError as e:
+            raise EngineError(
+                f"{self.engine} engine: cannot connect to {self.endpoint} ({e.strerror or e}); is the server "
+                "running? Completions start once it answers"
+            ) from None
+
     def post(
         self,
         path: str,

@@ -72,6 +72,9 @@ class LlamaCppEngine:
             "/infill", body, stops, sse_payloads, decode_message, cancel, max_tokens=request.max_tokens
         )
 
+    def check(self) -> None:
+        self.http.check()
+
     def close(self) -> None:
         self.http.close()
 

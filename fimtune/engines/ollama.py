@@ -48,6 +48,9 @@ class OllamaEngine:
             "/api/generate", body, stops, ndjson_payloads, decode_line, cancel, max_tokens=request.max_tokens
         )
 
+    def check(self) -> None:
+        self.http.check()
+
     def close(self) -> None:
         self.http.close()
 

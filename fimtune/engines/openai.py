@@ -64,6 +64,9 @@ class OpenAIEngine:
         body = merge_extra(body, self.settings.extra)
         return self.http.post(self.path, body, stops, sse_payloads, decode_chunk, cancel, max_tokens=request.max_tokens)
 
+    def check(self) -> None:
+        self.http.check()
+
     def close(self) -> None:
         self.http.close()
 
