@@ -118,7 +118,7 @@ _ASSIGNMENT = re.compile(
     rf"(?:{'|'.join(_KEY_NAMES)})[_-]?key)"
     r"s?(?![a-z])[\w.-]{0,40}?)[\"'\]]{0,2}"
     r"(?:\s*:\s*(?:&(?:'\w+\s+)?)?[\w.\[\]<>|, ]{1,40}?(?=\s*=))?"
-    r"\s*(?:={1,3}|!==?|:=|=>|:)\s*(?:[rRbBuU]{1,2}|@)?"
+    r"\s*(?P<op>={1,3}|!==?|:=|=>|:)\s*(?:[rRbBuU]{1,2}|@)?"
     r"(?P<q>[\"'`])(?P<value>[^\"'`\\\n]{8,256})(?P=q)"
 )
 _PLACEHOLDER_WORDS = re.compile(
@@ -199,7 +199,7 @@ def _jwt_ok(m: re.Match[str], value: str) -> bool:
 
 # Names whose last part says the value itself is a credential (not its type, field, header or file).
 _SECRET_TAIL = re.compile(
-    r"(?i)(?:pass(?:w(?:or)?d|phrase)?|pwd|secret|token|credentials?|(?:api|access|secret|private|auth|client|"
+    r"(?i)(?:pass(?:w(?:or)?d|phrase)|pwd|secret|token|credentials?|(?:api|access|secret|private|auth|client|"
     r"signing|encryption|master|service|account)[_-]?key)s?"
     r"(?:[_-]?(?:prod|production|dev|development|staging|stage|local|live|qa|uat|\d{1,3}))?$"
 )
@@ -228,6 +228,15 @@ _NOT_VALUES = frozenset(
         "secret_key",
         "api_key",
         "access_token",
+        "object",
+        "float",
+        "boolean",
+        "dict",
+        "list",
+        "tuple",
+        "callable",
+        "sequence",
+        "mapping",
     }
 )
 # Identifiers and labels: snake_case, dotted.names, CONSTANT_CASE, kebab-case, Header-Names, TypeNames.
@@ -261,7 +270,18 @@ def plain_secret(value: str) -> bool:
 def _assignment_ok(m: re.Match[str], value: str) -> bool:
     if looks_like_secret_value(value):
         return True
-    return _secret_named(m.group("name"), m.start("name"), m.string) and plain_secret(value)
+    if m.group("op") in ("==", "===", "!=", "!=="):
+        return False  # a comparison with a plain word checks a label (token == "#bygroup"), not a credential
+    name = m.group("name")
+    return _secret_named(name, m.start("name"), m.string) and plain_secret(value) and not _names_itself(name, value)
+
+
+def _names_itself(name: str, value: str) -> bool:
+    """A value that is its own name's secret word with digits ("token1234" for a token) is a fixture."""
+    tail = _SECRET_TAIL.search(name)
+    word = re.sub(r"[^a-z]", "", tail.group(0).lower()).rstrip("s") if tail else ""
+    rest = value.lower().replace(word, "", 1) if word and word in value.lower() else None
+    return rest is not None and not re.search(r"[a-z]", rest)  # the word and digits or symbols only
 
 
 def _named_value_ok(m: re.Match[str], value: str) -> bool:
@@ -325,7 +345,7 @@ _KEY_VALUE_LINE = re.compile(
     r"(?P<name>[A-Za-z_][\w.-]{0,80}):[ \t]+"
     r"|(?:export[ \t]+|ENV[ \t]+|ARG[ \t]+)(?P<name2>[A-Za-z_][\w.-]{0,80})(?:=|[ \t]+)"
     r"|(?P<name3>[A-Z_][A-Z0-9_]{0,80})="
-    r")(?P<q>[\"']?)(?P<value>[^\s\"'#]{1,256})(?P=q)[ \t]*(?:#.*)?$"
+    r")(?P<q>[\"']?)(?P<value>[^\s\"'#,;:()\[\]{}]{1,256})(?P=q)[ \t]*(?:#.*)?$"
 )
 
 
@@ -338,6 +358,8 @@ _ENV_PREFIX = re.compile(
 
 def _key_value_ok(m: re.Match[str], value: str) -> bool:
     groups = m.groupdict()
+    if groups.get("name") and not (re.search(r"[\d\W_]", value) or (value.islower() and len(value) >= 10)):
+        return False  # `token: object` is an annotation in code; a YAML secret has digits, symbols or length
     name = groups.get("name") or groups.get("name2") or groups.get("name3") or ""
     return _SECRET_TAIL.search(name.replace("-", "_").replace(".", "_")) is not None and plain_secret(value)
 
