@@ -123,6 +123,7 @@ def test_a_telemetry_file_that_blocks_hangs_neither_completions_nor_shutdown(tmp
         "telemetry": {"path": str(fifo), "includeText": False},
     }
     client = Client(settings, tmp_path)
+    client.wait_ready()
     uri = (tmp_path / "t.py").as_uri()
     doc = {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    \n"}
     client.notify("textDocument/didOpen", {"textDocument": doc})

@@ -13,6 +13,7 @@ def test_shown_suggestions_keep_no_copy_of_their_document(tmp_path: Path) -> Non
     psutil = pytest.importorskip("psutil")
     client = Client({"engine": "fixed", "fixed": {"text": "return a + b"}, "debounceMs": 0}, tmp_path)
     try:
+        client.wait_ready()
         block = "def function_{i}(value):\n    return value * {i}\n\n\n"
         text = "".join(block.format(i=i) for i in range(200_000))  # about 8 MB
         uri = (tmp_path / "big.py").as_uri()

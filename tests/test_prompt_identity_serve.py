@@ -71,6 +71,13 @@ class Client:
                 assert "error" not in message, message
                 return message.get("result")
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the engine (built on a thread) is ready."""
+        deadline = time.monotonic() + timeout
+        while (status := self.request("fimtune/status", None))["state"] != "ready":
+            assert status["state"] != "error" and time.monotonic() < deadline, status
+            time.sleep(0.02)
+
     def close(self) -> None:
         try:
             self.request("shutdown", None)

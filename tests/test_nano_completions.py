@@ -1,0 +1,108 @@
+"""The built-in `nano` model in the editor: `fimtune serve` over stdio suggests what a person would accept on plain
+Python. Each case is a document, a cursor (marked `|`) and the start of the suggestion that is expected there."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from fimtune.train.model import packaged_model_dir
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(
+        not (packaged_model_dir("nano") / "config.json").exists(), reason="the built-in nano model is not shipped"
+    ),
+]
+
+CASES: dict[str, tuple[str, str]] = {
+    "attribute from the parameter": (
+        "class User:\n    def __init__(self, name):\n        self.name = |\n",
+        "name",
+    ),
+    "second attribute": (
+        "class User:\n    def __init__(self, name, age):\n        self.name = name\n        self.age = |\n",
+        "age",
+    ),
+    "closing bracket": (
+        "def main():\n    values = [1, 2, 3|\n    print(values)\n",
+        "]",
+    ),
+    "closing parenthesis": (
+        'def main():\n    print("hello world"|\n',
+        ")",
+    ),
+    "return the accumulator": (
+        "def total(items):\n    result = 0\n    for item in items:\n        result += item\n    return |\n",
+        "result",
+    ),
+    "the other operand": (
+        "def add(a, b):\n    return a + |\n",
+        "b",
+    ),
+    "main guard": (
+        'def main():\n    pass\n\n\nif __name__ == "__main__":\n    |\n',
+        "main()",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nano-ws")
+
+
+@pytest_lsp.fixture(
+    config=ClientServerConfig(server_command=[sys.executable, "-m", "lsp_server", "--base-model", "nano"]),
+    scope="module",
+)
+async def client(lsp_client: LanguageClient, workspace: Path) -> Any:
+    await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=client_capabilities("neovim"),
+            root_uri=workspace.as_uri(),
+            workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
+            initialization_options={"engine": "local", "debounceMs": 0, "timeoutMs": 30000, "device": "cpu"},
+        )
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        status = await lsp_client.protocol.send_request_async("fimtune/status", None)
+        if status.state == "ready":
+            break
+        assert status.state != "error" and time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_nano_suggests_the_obvious_code(client: LanguageClient, workspace: Path, case: str) -> None:
+    marked, expected = CASES[case]
+    cursor = marked.index("|")
+    text = marked.replace("|", "")
+    line = marked[:cursor].count("\n")
+    character = cursor - (marked.rfind("\n", 0, cursor) + 1)
+    uri = (workspace / f"{case.replace(' ', '_')}.py").as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri, "python", 1, text))
+    )
+    result = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line, character),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+    )
+    assert isinstance(result, types.InlineCompletionList) and result.items, result
+    suggestion = result.items[0].insert_text
+    assert isinstance(suggestion, str)
+    assert suggestion.startswith(expected), (case, suggestion)
