@@ -232,3 +232,23 @@ def test_out_never_replaces_a_file_fimtune_did_not_write(tiny_corpus: Path, tmp_
     out = tmp_path / "report.json"
     assert eval_cli(*base, "--out", str(out)) == 0
     assert eval_cli(*base, "--out", str(out)) == 0  # its own report is replaced
+
+
+def test_a_served_model_named_only_by_its_template_gets_the_same_prompt_in_eval_and_serve() -> None:
+    from fimtune.engines import make_engine
+    from fimtune.eval.run import _spec_without_engine
+    from fimtune.fim_format import FimRequest
+    from lsp_server.engine_host import prompt_spec
+    from lsp_server.settings import parse_settings
+
+    fim = FimRequest("shop", "shop/cart.py", "python", "def add(x):\n" * 400, "\nprint(1)\n" * 200, ())
+    cfg = EvalConfig(corpus="c", engine="openai", endpoint="http://127.0.0.1:9", template="qwen2.5-coder")
+    cfg.validate()
+    settings, warnings = parse_settings(
+        {"engine": "openai", "endpoint": "http://127.0.0.1:9", "template": "qwen2.5-coder"}
+    )
+    assert not warnings
+    engine = make_engine(settings.engine_settings())
+    served, evaluated = prompt_spec(engine, settings), _spec_without_engine(cfg)
+    assert served.tokenizer is None and evaluated.tokenizer is None  # the same estimate, on both sides
+    assert served.render(fim).prompt.encode() == evaluated.render(fim).prompt.encode()

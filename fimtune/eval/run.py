@@ -61,8 +61,11 @@ class EvalConfig:
     def validate(self) -> None:
         if self.engine not in ENGINES:
             raise EvalError(f"--engine {self.engine!r} is not an engine; use one of {', '.join(ENGINES)}")
-        if not self.run and not self.base_model and self.engine != "local":
-            raise EvalError("give the model to evaluate: --run RUN (a `fimtune train` folder) or --base-model M")
+        if not self.run and not self.base_model and self.engine != "local" and self.template == "auto":
+            raise EvalError(
+                "give the model to evaluate: --run RUN (a `fimtune train` folder), --base-model M, or for a served "
+                "model the FIM template it was trained with (--template NAME)"
+            )
         if self.compare and not self.run:
             raise EvalError("--compare needs --run RUN: it evaluates the run's base model and its adapter side by side")
         if self.compare and self.engine != "local":
@@ -132,12 +135,15 @@ def pick(examples: list[FimExample], limit: int, seed: int) -> list[FimExample]:
 
 def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
     """The PromptSpec for an engine that holds no tokenizer (HTTP, fixed): the run's fimtune.json with the
-    tokenizer training saved beside it (PromptSpec.from_run), or the base model's template and tokenizer."""
+    tokenizer training saved beside it (PromptSpec.from_run), the base model's template and tokenizer, or, for
+    a served model named only by its template, that template with the character estimate `serve` uses too."""
     from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
 
     try:
         if cfg.run:
             return PromptSpec.from_run(cfg.run)  # the run's own tokenizer.json, as serve reads it
+        if not cfg.base_model:
+            return PromptSpec.for_base(cfg.template)
         path = resolve_base_model(cfg.base_model)
         return PromptSpec.for_base(
             cfg.template, load_tokenizer(path), model_type_of(path), context_limit=context_limit(path)
