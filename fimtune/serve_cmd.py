@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=list(ENGINES), help="local (default), openai, llamacpp, ollama or fixed")
     p.add_argument("--run", help="a `fimtune train` run folder (its fimtune.json decides template and budgets)")
     p.add_argument(
-        "--base-model", help="local engine without a run: a folder, hub id, `pico` (default when installed) or `tiny`"
+        "--base-model",
+        help="local engine without a run: a folder, hub id, or a built-in model: `nano` (default when installed), "
+        "`pico`, `tiny` (random weights)",
     )
     p.add_argument("--endpoint", help="HTTP engines: base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", help="HTTP engines: model (or LoRA adapter) name")
