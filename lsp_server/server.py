@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from lsprotocol import types
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
@@ -271,10 +271,21 @@ def watch_client_process(ls: FimtuneServer, pid: int) -> None:
             time.sleep(CLIENT_POLL_S)
         log.warning("the client process %d has exited; shutting down", pid)
         ls.close_components()
-        logging.shutdown()
-        os._exit(1)  # as for `exit` without `shutdown`: nobody is left to wait for a clean stop
+        leave(1)  # as for `exit` without `shutdown`: nobody is left to wait for a clean stop
 
     threading.Thread(target=run, name="fimtune-client-watch", daemon=True).start()
+
+
+def leave(code: int) -> NoReturn:
+    """End the server process with `code` once its components are closed. The interpreter's own
+    finalisation is skipped: a daemon thread still inside the engine, the index or a log write can abort it
+    (SIGABRT, "could not acquire lock ... at interpreter shutdown"), which would turn the exit code LSP
+    prescribes into a crash."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def set_log_level(level: str, client_handler: logging.Handler | None = None) -> None:
@@ -532,10 +543,15 @@ def serve(defaults: Settings, tcp: tuple[str, int] | None = None) -> None:
     stdin: BinaryIO = sys.stdin.buffer
     stdout: BinaryIO = sys.stdout.buffer
     sys.stdout = sys.stderr
-    if _is_pipe(stdin):
-        _start_io_pipe(server, stdin, stdout)
-    else:
-        server.start_io(stdin, stdout)
+    code = 0
+    try:
+        if _is_pipe(stdin):
+            _start_io_pipe(server, stdin, stdout)
+        else:
+            server.start_io(stdin, stdout)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    leave(code)  # both loops have shut the server down on their way out
 
 
 def _is_pipe(stream: BinaryIO) -> bool:
