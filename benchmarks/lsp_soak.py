@@ -4,10 +4,10 @@
     python benchmarks/lsp_soak.py --minutes 30 --out benchmarks/results/lsp_soak.md
 
 A client (this script) starts `python -m lsp_server --engine fixed` on a generated workspace of 20,000 files plus
-a repository outside it, and for N minutes: opens and closes files, types in bursts (each keystroke a didChange
-and an inlineCompletion request, some cancelled, most superseded by the next), writes and deletes files on disk
-(reported with didChangeWatchedFiles), opens files outside the workspace, and every few seconds makes the engine
-slow, failing or hanging (fixed.delayMs, fixed.error) before making it instant again.
+a repository outside it, and for N minutes: opens and closes files (at most --max-open at once, as an editor's
+tabs), types in bursts (each keystroke a didChange and an inlineCompletion request, some cancelled, most
+superseded by the next), writes and deletes files on disk (reported with didChangeWatchedFiles), opens files
+outside the workspace, and every few seconds makes the engine slow, failing or hanging (fixed.delayMs, fixed.error) before making it instant again.
 
 It reports, per minute: requests sent and answered (every request must get a response: a result or an error),
 latency p50/p95 of the requests answered while the engine was instant, and the server's RSS; then the server's
@@ -146,6 +146,9 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=20.0, help="keystrokes per second")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--max-open", type=int, default=40, help="open documents at most (an editor's tabs): the oldest closes"
+    )
     ap.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -195,6 +198,10 @@ def main() -> int:
                 )
                 uri = path.as_uri()
                 if uri not in docs:
+                    if len(docs) >= args.max_open:  # the editor closes its oldest tab
+                        oldest = next(iter(docs))
+                        del docs[oldest]
+                        server.notify("textDocument/didClose", {"textDocument": {"uri": oldest}})
                     lines = [f"def fn_{rng.randrange(10**6)}(value):", "    "]
                     docs[uri], versions[uri] = lines, 1
                     server.notify(
@@ -284,7 +291,8 @@ def main() -> int:
     lines = [
         "# Language server soak: an editor day compressed",
         "",
-        f"`python benchmarks/lsp_soak.py --minutes {args.minutes:g} --files {args.files}`; {os.cpu_count()}-core "
+        f"`python benchmarks/lsp_soak.py --minutes {args.minutes:g} --files {args.files} --max-open {args.max_open}`; "
+        f"{os.cpu_count()}-core "
         f"machine, Python {sys.version.split()[0]}; the load starts {start - ready:.1f} s after the server answers, "
         "while the workspace index is still building.",
         "",
