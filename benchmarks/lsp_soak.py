@@ -7,7 +7,8 @@ A client (this script) starts `python -m lsp_server --engine fixed` on a generat
 a repository outside it, and for N minutes: opens and closes files (at most --max-open at once, as an editor's
 tabs), types in bursts (each keystroke a didChange and an inlineCompletion request, some cancelled, most
 superseded by the next), writes and deletes files on disk (reported with didChangeWatchedFiles), opens files
-outside the workspace, and every few seconds makes the engine slow, failing or hanging (fixed.delayMs, fixed.error) before making it instant again.
+outside the workspace, and every few seconds makes the engine slow, failing or hanging (fixed.delayMs,
+fixed.error) before making it instant again.
 
 It reports, per minute: requests sent and answered (every request must get a response: a result or an error),
 latency p50/p95 of the requests answered while the engine was instant, and the server's RSS; then the server's

@@ -520,3 +520,34 @@ def test_train_minutes_sizes_the_schedule(site: Path, tmp_path: Path) -> None:
     assert saved["max_steps"] != PRESETS["micro"].max_steps and saved["train_minutes"] == 0.03
     assert result.report["max_steps"] == saved["max_steps"] == result.report["steps"] >= 1
     assert result.report["call_train_runtime_s"] < 0.03 * 60 * 4  # sized to the time asked for, within a margin
+
+
+def test_init_from_continues_a_pretrained_model(
+    run: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warm start keeps the model's tokenizer and weights (so its held-out loss starts where the first run
+    ended, not at a random model's), trains a new schedule on new FIM cuts, and records what came before."""
+    from fimtune.cli import main
+
+    out = tmp_path / "warm"
+    common = ["--sources", str(site), "--holdout", "beta", "--seq-len", "64", "--batch-tokens", "256", "--threads", "1"]
+    argv = ["pretrain", "--preset", "micro", "--out", str(out), *common, "--max-steps", "2", "--eval-steps", "2"]
+    assert main([*argv, "--init-from", str(run / "model"), "--seed", "1", "--spm-share", "0"]) == 0
+    first = json.loads((run / "pretrain_report.json").read_text())
+    warm = json.loads((out / "pretrain_report.json").read_text())
+    assert (out / "model" / "tokenizer.json").read_bytes() == (run / "model" / "tokenizer.json").read_bytes()
+    assert warm["vocab_size"] == first["vocab_size"] == 320
+    random_start = json.loads((run / "initial_eval.json").read_text())["eval_loss"]
+    assert warm["heldout_loss_start"] < random_start - 0.5  # the trained weights, not a seeded init
+    manifest = json.loads((out / "model" / "data_manifest.json").read_text())
+    assert manifest["tokens"]["modes"]["train"]["spm"] == 0 and manifest["tokens"]["tokenizer_from"]
+    provenance = json.loads((out / "model" / "fimtune_preset.json").read_text())
+    assert provenance["init_from"]["trained"]["steps"] == 4 and provenance["trained"]["steps"] == 2
+
+    other = ["pretrain", "--preset", "nano", "--out", str(tmp_path / "bad"), *common, "--init-from", str(run / "model")]
+    capsys.readouterr()
+    assert main(other) == 1  # a preset of another architecture is refused, naming what differs
+    assert "not the preset's architecture: hidden_size 128 (preset: 256)" in capsys.readouterr().err
+    assert main([*other[:4], str(tmp_path / "bad2"), "--init-from", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "init_from:" in err and "is not a model folder" in err

@@ -62,6 +62,12 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
         help="compute dtype: auto (default) is bf16 autocast with fp32 master weights where torch reports bf16 "
         "matrix support (CPU or GPU), else fp32",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from a model fimtune pretrained (a model folder, or `nano`): its tokenizer and weights, with a "
+        "new schedule and new data; the preset must have its architecture",
+    )
     p.add_argument("--seed", type=int, help="seed for data choice, FIM cuts, order and weights (default 0)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
     p.set_defaults(func=cmd_pretrain)
@@ -94,6 +100,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "fim.spm_share": args.spm_share,
         "threads": args.threads,
         "dtype": args.dtype,
+        "init_from": args.init_from,
         "seed": args.seed,
         "resume": args.resume,
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from fimtune.config import ConfigError
 from fimtune.pretrain.fim import FimSettings, FimSettingsError
@@ -37,6 +39,9 @@ class PretrainConfig:
     # Size the schedule to N minutes of training (over all calls): max_steps from a timed probe of a few steps.
     train_minutes: float = 0.0
     fim: FimSettings = field(default_factory=FimSettings)
+    # Continue from a model fimtune pretrained (a folder or a built-in name): its tokenizer and weights instead of
+    # a new tokenizer and seeded weights; its architecture must be the preset's. A new schedule, data and FIM cuts.
+    init_from: str = ""
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: torch's default)
     dtype: str = "auto"  # auto: bf16 autocast where torch reports bf16 matrix support, else fp32 | fp32 | bf16
@@ -50,12 +55,14 @@ class PretrainConfig:
             raise ConfigError(str(e)) from None
         if not self.out:
             raise ConfigError("out: give the run folder with --out")
+        init_from, vocab = self._init_from(p.vocab_size)
         cfg = replace(
             self,
+            init_from=init_from,
             max_data_mb=p.max_data_mb if self.max_data_mb < 0 else self.max_data_mb,
             max_package_mb=p.max_package_mb if self.max_package_mb < 0 else self.max_package_mb,
             tokenizer_mb=self.tokenizer_mb or p.tokenizer_mb,
-            vocab_size=self.vocab_size or p.vocab_size,
+            vocab_size=vocab,
             seq_len=self.seq_len or p.seq_len,
             batch_tokens=self.batch_tokens or p.batch_tokens,
             grad_accum=self.grad_accum or p.grad_accum,
@@ -83,6 +90,25 @@ class PretrainConfig:
         if not cfg.holdout and cfg.holdout_count == 0:
             raise ConfigError("hold out at least one package (--holdout NAME or --holdout-count N): held-out loss")
         return cfg
+
+    def _init_from(self, preset_vocab: int) -> tuple[str, int]:
+        """The starting model's folder (absolute; built-in names resolved) and the vocabulary size it fixes."""
+        if not self.init_from:
+            return "", self.vocab_size or preset_vocab
+        from fimtune.train.model import BUILTIN_MODELS, ModelError, resolve_builtin
+
+        try:
+            folder = resolve_builtin(self.init_from) if self.init_from in BUILTIN_MODELS else Path(self.init_from)
+        except ModelError as e:
+            raise ConfigError(f"init_from: {e}") from None
+        folder = folder.expanduser().resolve()
+        missing = [n for n in ("config.json", "tokenizer.json") if not (folder / n).is_file()]
+        if missing:
+            raise ConfigError(f"init_from: {folder} is not a model folder ({' and '.join(missing)} missing)")
+        vocab = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+        if self.vocab_size and self.vocab_size != vocab:
+            raise ConfigError(f"vocab_size: {self.vocab_size}, but init_from {folder} has {vocab} tokens")
+        return str(folder), int(vocab)
 
     @property
     def rows_per_batch(self) -> int:

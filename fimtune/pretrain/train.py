@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import LlamaForCausalLM, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -142,10 +143,13 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
     texts = [d.text for d in collected.train]
     random.Random(cfg.seed).shuffle(texts)
     t = time.perf_counter()
-    tok = train_bpe(capped(texts, int(cfg.tokenizer_mb * 1e6)), cfg.vocab_size, template)
-    tokenizer_s = time.perf_counter() - t
+    if cfg.init_from:  # the starting model's tokenizer: its embeddings are trained for these ids
+        tok = Tokenizer.from_file(str(Path(cfg.init_from) / "tokenizer.json"))
+        log.info("tokenizer: %d tokens, from %s", tok.get_vocab_size(), cfg.init_from)
+    else:
+        tok = train_bpe(capped(texts, int(cfg.tokenizer_mb * 1e6)), cfg.vocab_size, template)
+        log.info("tokenizer: %d tokens trained in %.1fs", tok.get_vocab_size(), time.perf_counter() - t)
     save_tokenizer(tok, out / MODEL, template, model_max_length=cfg.seq_len)
-    log.info("tokenizer: %d tokens trained in %.1fs", tok.get_vocab_size(), tokenizer_s)
 
     chunk_chars = cfg.seq_len * 3
     train_seqs = build_sequences(collected.train, template, tok, cfg.fim, seed=cfg.seed, chunk_chars=chunk_chars)
@@ -164,7 +168,10 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
     train_tokens = sum(len(s) for s in train_seqs.ids)
     manifest["tokens"] = {
         "vocab_size": tok.get_vocab_size(),
-        "tokenizer_trained_on_mb": round(min(sum(len(x) for x in texts), cfg.tokenizer_mb * 1e6) / 1e6, 3),
+        "tokenizer_trained_on_mb": None
+        if cfg.init_from
+        else round(min(sum(len(x) for x in texts), cfg.tokenizer_mb * 1e6) / 1e6, 3),
+        "tokenizer_from": cfg.init_from or None,
         "train_tokens": train_tokens,
         "heldout_tokens": sum(len(s) for s in held_seqs.ids),
         "bytes_per_token": round(totals["bytes_train"] / max(train_tokens, 1), 3),
@@ -381,6 +388,41 @@ def save_model(model: Any, folder: Path, preset: Preset, end_id: int, pad_id: in
     return sorted(p.name for p in folder.iterdir())
 
 
+ARCHITECTURE = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
+
+
+def warm_start(folder: Path, config: Any) -> LlamaForCausalLM:
+    """The model in `folder` as fp32 master weights, checked to have the preset's architecture (`config`);
+    positions up to the new row length."""
+    model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    differ = [
+        f"{k} {getattr(model.config, k)} (preset: {getattr(config, k)})"
+        for k in ARCHITECTURE
+        if getattr(model.config, k) != getattr(config, k)
+    ]
+    if differ:
+        raise PretrainError(f"--init-from {folder}: not the preset's architecture: {', '.join(differ)}")
+    model.config.max_position_embeddings = config.max_position_embeddings
+    return model
+
+
+def init_provenance(folder: str) -> dict[str, Any] | None:
+    """What the starting model of a warm-started run had been trained on (its own fimtune_preset.json)."""
+    if not folder:
+        return None
+    path = Path(folder) / PRESET_FILE
+    prior = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {"model": folder, "trained": prior.get("trained"), "heldout_loss": prior.get("heldout_loss")}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The recipe
 
@@ -416,7 +458,8 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     except ModelError as e:
         raise PretrainError(str(e)) from None
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(llama_config(preset, vocab, end_id, pad_id, seq_len=cfg.seq_len))
+    config = llama_config(preset, vocab, end_id, pad_id, seq_len=cfg.seq_len)
+    model = LlamaForCausalLM(config) if not cfg.init_from else warm_start(Path(cfg.init_from), config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model: preset %s, %.2fM parameters, vocab %d, %s", preset.name, params / 1e6, vocab, dtype)
     if cfg.train_minutes and resume_from is None:  # sized once: a resumed run keeps its schedule
@@ -503,6 +546,7 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
         "heldout_packages": manifest["heldout"],
         "licences_used": manifest["licences_used"],
         "fim": manifest["fim"],
+        "init_from": init_provenance(cfg.init_from),
         "seed": cfg.seed,
         "fimtune_version": __version__,
     }
