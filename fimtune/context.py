@@ -18,13 +18,16 @@ numpy reads without copying; adding or removing a file edits only the postings o
 document frequencies (hence idf) follow exactly. Term weights use a fixed length pivot (window_lines * 4 tokens)
 instead of the live mean window length, so a posting's weight never depends on other files. A query
 concatenates the postings of its tokens, rarest first, up to `max_postings` (the common tokens that are left out
-weigh little in BM25), and sums them with one `bincount`: about a millisecond on a 100k-window repository.
-Every cut and tie is decided by content (document frequency, token, path, line), never by insertion order, so
-an incrementally updated index and a full rebuild return identical snippets.
+weigh little in BM25), and sums them with one `bincount` over the windows they name, so a query costs what its
+postings cost, not what the repository's size does. Every cut and tie is decided by content (document frequency,
+token; equal scores by a hash of path and line, ranked in numpy: a repository of generated look-alike files ties
+thousands of windows), never by insertion order, so an incrementally updated index and a full rebuild return
+identical snippets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import posixpath
@@ -33,7 +36,7 @@ import sys
 import textwrap
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -712,6 +715,12 @@ def _fit_lines(text: str, budget: int, min_lines: int = 3) -> str:
     return "\n".join(lines[:count])
 
 
+def _tie_key(path_hash: int, line: int) -> int:
+    """A window's place among equal scores: its path's hash mixed with its line, as a signed 64-bit value."""
+    key = (path_hash ^ (line * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
 def _squash(text: str) -> str:
     return " ".join(text.split())
 
@@ -735,6 +744,7 @@ class RepoIndex:
         self._win_text: list[str] = []
         self._win_tids: list[array[int]] = []
         self._win_len: list[int] = []
+        self._win_key = array("q")  # tie order among equal scores: a hash of (path, line)
         self._free: list[int] = []
         self._n_windows = 0
         self._total_len = 0
@@ -776,6 +786,7 @@ class RepoIndex:
             self._paths.add(fi.path)
             self._resolved.clear()  # a new path can change how other files' imports resolve
         wids: list[int] = []
+        path_hash = int.from_bytes(hashlib.blake2b(fi.path.encode("utf-8", "surrogatepass"), digest_size=8).digest())
         for window in fi.windows:
             wid = self._alloc()
             counts = Counter(window.tokens)
@@ -796,6 +807,7 @@ class RepoIndex:
             self._win_text[wid] = window.text
             self._win_tids[wid] = tids
             self._win_len[wid] = len(window.tokens)
+            self._win_key[wid] = _tie_key(path_hash, window.start_line)
             self._n_windows += 1
             self._total_len += len(window.tokens)
             wids.append(wid)
@@ -819,6 +831,7 @@ class RepoIndex:
         self._win_text.append("")
         self._win_tids.append(array("i"))
         self._win_len.append(0)
+        self._win_key.append(0)
         return wid
 
     def _drop(self, path: str) -> None:
@@ -952,8 +965,9 @@ class RepoIndex:
         ranked.sort(key=lambda r: r[:3])
         return [(-r[0], r[3]) for r in ranked]
 
-    def _scores(self, tokens: set[str]) -> np.ndarray | None:
-        """BM25 score of every window id for the query's tokens; None when no token is indexed."""
+    def _scores(self, tokens: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(window ids, their BM25 scores) of the windows holding any of the query's tokens, ids ascending;
+        None when no token is indexed."""
         n = self._n_windows
         if n == 0:
             return None
@@ -981,50 +995,39 @@ class RepoIndex:
         v = np.frombuffer(b"".join([self._post_v[t] for t in chosen]), dtype=np.float32)
         df_arr = np.asarray(dfs, dtype=np.float32)
         v = v * np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
-        return np.bincount(w, weights=v, minlength=len(self._win_path))
+        if 8 * len(w) < len(self._win_path):  # few postings: sum over the windows they name
+            ids, where = np.unique(w, return_inverse=True)
+            return ids, np.bincount(where, weights=v, minlength=len(ids))
+        scores = np.bincount(w, weights=v, minlength=len(self._win_path))
+        ids = np.flatnonzero(scores)
+        return ids, scores[ids]
 
-    def _ranked_windows(self, scores: np.ndarray, exclude: list[int]) -> Iterator[int]:
-        """Window ids by score, best first; equal scores by (path, line).
-
-        Sorting only what is consumed: band by band of scores (half the best and up, a quarter and up, ...).
-        """
+    def _ranked_windows(self, ids: np.ndarray, scores: np.ndarray, exclude: list[int], limit: int) -> list[int]:
+        """The `limit` best window ids, best first; equal scores in the order of their (path, line) hash."""
         if exclude:
-            scores[np.asarray(exclude, dtype=np.int64)] = 0.0  # never the cursor's own file
-        best = float(scores.max()) if len(scores) else 0.0
-        if best <= 0.0:
-            return
-        # Score bands best/2, best/4, ... (the last band reaches down to 0), each one
-        # computed and sorted only when the caller gets that far.
-        bands = [best * 0.5**i for i in range(1, 8)] + [0.0]
-        high = math.inf
-        for low in bands:
-            pool = np.flatnonzero((scores > low) & (scores <= high))
-            high = low
-            pool = pool[np.argsort(-scores[pool], kind="stable")]
-            values, ids = scores[pool].tolist(), pool.tolist()
-            i = 0
-            while i < len(ids):
-                j = i + 1
-                while j < len(ids) and values[j] == values[i]:
-                    j += 1
-                if j - i == 1:
-                    yield ids[i]
-                else:
-                    yield from sorted(ids[i:j], key=lambda wid: (self._win_path[wid], self._win_line[wid]))
-                i = j
+            scores = np.where(np.isin(ids, np.asarray(exclude, dtype=ids.dtype)), 0.0, scores)  # not the own file
+        keep = scores > 0.0
+        ids, scores = ids[keep], scores[keep]
+        if len(ids) > limit:  # only what can be consumed: the limit-th best score and up (its ties included)
+            kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]
+            keep = scores >= kth
+            ids, scores = ids[keep], scores[keep]
+        keys = np.frombuffer(self._win_key, dtype=np.int64)[ids]
+        order = np.lexsort((keys, -scores))[:limit]
+        return [int(i) for i in ids[order]]
 
     def _similar(self, path: str, tokens: set[str], budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
         if budget <= 0 or max_count <= 0:
             return []
-        scores = self._scores(tokens)
-        if scores is None:
+        scored = self._scores(tokens)
+        if scored is None:
             return []
         entry = self._files.get(path)
         out: list[Snippet] = []
         spans: dict[str, list[tuple[int, int]]] = {}
         seen_text = set(taken)
-        for considered, wid in enumerate(self._ranked_windows(scores, entry.wids if entry else [])):
-            if len(out) >= max_count or budget < _MIN_WINDOW_CHARS or considered >= 8 * max_count + 32:
+        for wid in self._ranked_windows(*scored, entry.wids if entry else [], 8 * max_count + 32):
+            if len(out) >= max_count or budget < _MIN_WINDOW_CHARS:
                 break
             wpath, line, text = self._win_path[wid], self._win_line[wid], self._win_text[wid]
             if len(text) > budget:

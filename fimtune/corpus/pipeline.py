@@ -175,12 +175,11 @@ def _contexts(
     from fimtune import context
 
     _STATE["kept"] = kept
-    _STATE["indexes"] = {
-        repo.name: context.RepoIndex.build(
-            [r.file_index for r in kept if r.repo == repo.name and r.file_index is not None], cfg.context
-        )
-        for repo in repos
-    }
+    by_repo: dict[str, list[context.FileIndex]] = {repo.name: [] for repo in repos}
+    for r in kept:  # one pass: a build of many one-file repositories stays linear
+        if r.file_index is not None:
+            by_repo[r.repo].append(r.file_index)
+    _STATE["indexes"] = {name: context.RepoIndex.build(files, cfg.context) for name, files in by_repo.items()}
     with_spans = [i for i, r in enumerate(kept) if r.spans]
     sizes = [kept[i].size for i in with_spans]
     with closing(_run(_context_one, with_spans, workers, "context", sizes, progress)) as done:
