@@ -999,8 +999,8 @@ class RepoIndex:
             ids, where = np.unique(w, return_inverse=True)
             return ids, np.bincount(where, weights=v, minlength=len(ids))
         scores = np.bincount(w, weights=v, minlength=len(self._win_path))
-        ids = np.flatnonzero(scores)
-        return ids, scores[ids]
+        hit = np.flatnonzero(scores)
+        return hit, scores[hit]
 
     def _ranked_windows(self, ids: np.ndarray, scores: np.ndarray, exclude: list[int], limit: int) -> list[int]:
         """The `limit` best window ids, best first; equal scores in the order of their (path, line) hash."""
