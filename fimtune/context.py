@@ -750,6 +750,8 @@ class RepoIndex:
         self._total_len = 0
         # Inverted index: token id -> (window ids, term frequencies).
         self._vocab: dict[str, int] = {}
+        self._token_of: list[str] = []  # token id -> token ("" for a free id)
+        self._free_tids: list[int] = []  # ids of tokens no window holds any more (a server sees every typo once)
         self._post_w: list[array[int]] = []
         self._post_v: list[array[float]] = []
         self._pivot = cfg.window_lines * _TOKENS_PER_LINE
@@ -795,9 +797,7 @@ class RepoIndex:
             for token in sorted(counts):
                 tid = self._vocab.get(token)
                 if tid is None:
-                    tid = self._vocab[token] = len(self._post_w)
-                    self._post_w.append(array("i"))
-                    self._post_v.append(array("f"))
+                    tid = self._vocab[token] = self._alloc_token(token)
                 self._post_w[tid].append(wid)
                 tf = counts[token]
                 self._post_v[tid].append(tf * (_BM25_K1 + 1.0) / (tf + norm))
@@ -834,6 +834,16 @@ class RepoIndex:
         self._win_key.append(0)
         return wid
 
+    def _alloc_token(self, token: str) -> int:
+        if self._free_tids:
+            tid = self._free_tids.pop()
+            self._token_of[tid] = token
+            return tid
+        self._token_of.append(token)
+        self._post_w.append(array("i"))
+        self._post_v.append(array("f"))
+        return len(self._post_w) - 1
+
     def _drop(self, path: str) -> None:
         """Remove a file's windows from the postings of its own tokens."""
         entry = self._files[path]
@@ -862,6 +872,10 @@ class RepoIndex:
             new_v.frombytes(v[keep].tobytes())
             del w, v
             self._post_w[tid], self._post_v[tid] = new_w, new_v
+            if not new_w:  # no window holds the token any more: forget it
+                del self._vocab[self._token_of[tid]]
+                self._token_of[tid] = ""
+                self._free_tids.append(tid)
         entry.wids = []
 
     # ---- imports -------------------------------------------------------------------------------------------

@@ -538,3 +538,20 @@ def test_bad_config_names_the_setting() -> None:
 def test_file_index_fields() -> None:
     fi = index_file(src("x.py", "import os\n"), CFG)
     assert isinstance(fi, FileIndex) and fi.language == "python" and fi.imports == ("os",)
+
+
+def test_tokens_no_window_holds_are_forgotten() -> None:
+    """A server re-indexes a buffer at every keystroke: each half-typed name must not stay in the index."""
+    index = small_repo()
+    words = len(index._vocab)
+    for i in range(200):
+        index.update(index_file(src("app/typing.py", f"def typed_{i}(value_{i}):\n    return value_{i}\n"), CFG))
+    assert len(index._vocab) <= words + 3  # this keystroke's names only
+    before = index.retrieve("new.py", "python", "def g(x):\n    return typed_199(")
+    index.remove("app/typing.py")
+    assert len(index._vocab) == words and "typed_199" not in index._vocab
+    rebuilt = small_repo()
+    rebuilt.update(index_file(src("app/typing.py", "def typed_199(value_199):\n    return value_199\n"), CFG))
+    index.update(index_file(src("app/typing.py", "def typed_199(value_199):\n    return value_199\n"), CFG))
+    query = ("new.py", "python", "def g(x):\n    return typed_199(")
+    assert index.retrieve(*query) == rebuilt.retrieve(*query) == before  # ids reused: same snippets
