@@ -37,3 +37,24 @@ def test_shown_suggestions_keep_no_copy_of_their_document(tmp_path: Path) -> Non
         assert grown < 150 * 2**20, f"{grown / 2**20:.0f} MiB more after 60 suggestions in an 8 MB document"
     finally:
         client.close()
+
+
+def test_handled_notifications_leave_nothing_behind(tmp_path: Path) -> None:
+    """Each didChange is handled under a fresh id; pygls kept every such future (about 2 KB) for good."""
+    client = Client({"engine": "fixed", "fixed": {"text": "x"}, "debounceMs": 0}, tmp_path)
+    try:
+        client.wait_ready()
+        uri = (tmp_path / "typed.py").as_uri()
+        doc = {"uri": uri, "languageId": "python", "version": 1, "text": ""}
+        client.notify("textDocument/didOpen", {"textDocument": doc})
+        for version in range(2, 502):  # 500 keystrokes
+            change = {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "a"}
+            client.notify(
+                "textDocument/didChange",
+                {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
+            )
+        client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        stats = client.request("fimtune/stats", None)
+        assert stats["handlers_in_flight"] <= 2, stats["handlers_in_flight"]
+    finally:
+        client.close()
