@@ -40,7 +40,7 @@ def main() -> int:
     from fimtune.engines.base import EngineSettings
     from fimtune.engines.local import LocalEngine
     from fimtune.eval.run import pick
-    from fimtune.train.model import bf16_supported
+    from fimtune.models import bf16_supported
 
     torch.set_num_threads(args.threads)
     if not bf16_supported("cpu"):

@@ -474,7 +474,7 @@ NANO_TARGET_MS = 100.0
 
 def default_models() -> str:
     """tiny, and the built-in nano model when it is installed."""
-    from fimtune.train.model import ModelError, resolve_base_model
+    from fimtune.models import ModelError, resolve_base_model
 
     try:
         resolve_base_model("nano")

@@ -44,11 +44,11 @@ def main() -> int:
     from transformers import LlamaForCausalLM, TrainerCallback
 
     from fimtune.fim_format import TEMPLATES
+    from fimtune.models import bf16_supported, load_tokenizer
     from fimtune.pretrain.config import PretrainConfig
     from fimtune.pretrain.presets import get_preset, llama_config
     from fimtune.pretrain.train import DATA, MODEL, TEMPLATE, prepare_data, pretrain_args, pretrain_trainer, vocab_id
     from fimtune.train.data import to_dataset
-    from fimtune.train.model import bf16_supported, load_tokenizer
 
     torch.set_num_threads(args.threads)
     total_steps = args.steps + WARMUP_STEPS

@@ -146,7 +146,7 @@ def main() -> int:
         else:
             path, template = random_model(args.model_config, work / args.model_config)
             base = str(path)
-        from fimtune.train.model import bf16_supported
+        from fimtune.models import bf16_supported
 
         on_gpu = torch.cuda.is_available()
         dtypes = [d for d in args.dtypes.split(",") if d == "fp32" or bf16_supported("cuda" if on_gpu else "cpu")]

@@ -11,17 +11,9 @@ from typing import Any
 
 from fimtune import __version__
 from fimtune.config import ConfigError
+from fimtune.console import CommandError
 
 log = logging.getLogger("fimtune")
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-def say(message: str) -> None:
-    """A command's own output (not library logging): to stderr, so stdout stays free for pipes."""
-    print(message, file=sys.stderr)
 
 
 def _recipe_relative(value: str | None, recipe: str | None) -> str | None:

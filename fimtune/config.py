@@ -207,7 +207,6 @@ class CorpusConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
 
     def validate(self) -> None:
-        from fimtune.corpus.filters import generated_pattern
         from fimtune.languages import UnknownLanguageError, check_languages
 
         try:
@@ -232,7 +231,6 @@ class CorpusConfig:
             raise ConfigError(f"spans.query_bytes_per_example: must be 0 (whole files) or more, not {q}")
         if self.shard_examples < 1:
             raise ConfigError("shard_examples: must be at least 1")
-        generated_pattern(tuple(self.filters.generated_markers))  # before any file: not only where one has comments
 
 
 T = TypeVar("T")

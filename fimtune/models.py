@@ -1,4 +1,5 @@
-"""The base model: resolve a name (or the built-in `tiny` preset), load it, quantize, pick attention, add LoRA."""
+"""Base models: a name (`tiny`, `nano`, a folder, a hub id) made a loadable model and tokenizer, its context limit
+and dtype; below training, eval, the engines and the server."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from fimtune.train.config import LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -378,21 +377,3 @@ def check_vocab_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
             f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings have {rows} rows; "
             "fimtune does not resize embeddings: use the tokenizer that came with the model"
         )
-
-
-def lora_config(settings: LoraSettings) -> LoraConfig:
-    """LoRA on every linear layer but the output head by default ("all-linear"); rsLoRA on request."""
-    from peft import LoraConfig
-
-    targets: str | list[str] = (
-        "all-linear" if settings.target_modules == ["all-linear"] else list(settings.target_modules)
-    )
-    return LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=targets,
-        use_rslora=settings.rslora,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )

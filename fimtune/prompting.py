@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fimtune.config import ContextConfig, from_dict
-from fimtune.engines.base import EngineRequest
 from fimtune.fim_format import (
     Budgets,
     FimFormatError,
@@ -25,6 +24,22 @@ from fimtune.run_meta import RunMeta, read_run_meta
 from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer, read_tokenizer_folder
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """One completion to make.
+
+    `rendered.prompt` is the exact text fimtune's template produced; engines that take a raw prompt (local,
+    openai, ollama) send it as is. `fim` holds the same prefix, suffix and context before rendering, for engines
+    that lay out the prompt themselves (llama.cpp's /infill).
+    """
+
+    rendered: Rendered
+    fim: FimRequest
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()  # generation ends at the first of these (not included in the text)
+    temperature: float = 0.0  # 0: greedy
 
 
 @dataclass
@@ -100,3 +115,44 @@ class PromptSpec:
         if max_tokens is not None:
             limit = min(max_tokens, limit)
         return EngineRequest(rendered=self.render(req), fim=req, max_tokens=limit, stop=self.stops())
+
+
+def resolve_prompt(
+    *,
+    run: str | Path | None = None,
+    base_model: str | Path | None = None,
+    template: str = "auto",
+    tokenizer: object | None = None,
+    budgets: Budgets | None = None,
+    context: ContextConfig | None = None,
+) -> PromptSpec:
+    """What a model is shown, decided once for every command and engine.
+
+    - run: its fimtune.json, with the given tokenizer or else the run's own tokenizer.json (PromptSpec.from_run);
+      a template other than `auto` must be the one it was trained with.
+    - base_model (a name `fimtune.models` resolves, or a folder): its template (`auto`: detected from its
+      tokenizer), budgets that fit its context limit, and its tokenizer: the one given, else its tokenizer.json
+      read without torch (transformers only for a folder that has none).
+    - neither: the named template with the character estimate (a served model known only by its template).
+
+    Raises FimFormatError, RunMetaError or ModelError with a one-line message.
+    """
+    if run:
+        spec = PromptSpec.from_run(run, tokenizer)
+        assert spec.meta is not None
+        if template not in ("auto", spec.meta.template):
+            raise FimFormatError(
+                f"run {run} was trained with template {spec.meta.template!r}; it cannot be prompted with "
+                f"{template!r} (leave the template on auto)"
+            )
+        return spec
+    if base_model is None:
+        return PromptSpec.for_base(template, tokenizer, budgets=budgets, context=context)
+    from fimtune import models
+
+    path = models.resolve_base_model(str(base_model))
+    if tokenizer is None:
+        tokenizer = read_tokenizer_folder(path) or models.load_tokenizer(path)
+    return PromptSpec.for_base(
+        template, tokenizer, models.model_type_of(path), budgets, context, context_limit=models.context_limit(path)
+    )

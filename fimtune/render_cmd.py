@@ -14,7 +14,7 @@ from fimtune.records import FimExample
 
 def load_tokenizer(path: str) -> Any:
     """A tokenizer folder: through transformers (training's own loader) when installed, else `tokenizers`."""
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
 
     p = Path(path).expanduser()
     try:
@@ -26,8 +26,8 @@ def load_tokenizer(path: str) -> Any:
         if not file.exists():
             raise CommandError(f"--tokenizer {path}: no tokenizer.json there") from None
         return tokenizers.Tokenizer.from_file(str(file))
-    from fimtune.train.model import ModelError
-    from fimtune.train.model import load_tokenizer as load_model_tokenizer
+    from fimtune.models import ModelError
+    from fimtune.models import load_tokenizer as load_model_tokenizer
 
     if not p.exists():
         raise CommandError(f"--tokenizer {path}: no such folder")
@@ -54,9 +54,10 @@ def show(ex: FimExample, rendered: Any, out: TextIO, color: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
     from fimtune.corpus.read import SPLITS, CorpusReadError, open_corpus
-    from fimtune.fim_format import Budgets, FimFormatError, check_tokenizer, detect_template, get_template, render
+    from fimtune.fim_format import Budgets, FimFormatError
+    from fimtune.prompting import resolve_prompt
     from fimtune.tokenizer import as_fim_tokenizer
 
     try:
@@ -69,29 +70,23 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CommandError(f"-n: how many examples to show, at least 1 (not {args.n})")
     tokenizer = as_fim_tokenizer(load_tokenizer(args.tokenizer)) if args.tokenizer else None
     try:
-        if args.template == "auto":
-            if tokenizer is None:
-                raise CommandError("--template auto needs --tokenizer; or name one, e.g. --template qwen2.5-coder")
-            name = detect_template(tokenizer, None)
-        else:
-            name = args.template
-        template = get_template(name)
-        if tokenizer is not None:
-            check_tokenizer(template, tokenizer)
+        if args.template == "auto" and tokenizer is None:
+            raise CommandError("--template auto needs --tokenizer; or name one, e.g. --template qwen2.5-coder")
         budgets = Budgets(max_tokens=args.max_tokens, max_middle_tokens=args.max_middle_tokens)
+        spec = resolve_prompt(template=args.template, tokenizer=tokenizer, budgets=budgets)
         examples = pick(corpus.examples(args.split), args.n, args.seed)
         if not examples:
             raise CommandError(f"corpus {corpus.folder} has no {args.split} examples")
         color = not args.json and sys.stdout.isatty()
         for ex in examples:
-            rendered = render(template, ex, ex.middle, tokenizer, budgets)
+            rendered = spec.render(ex, ex.middle)
             if args.json:
                 record: dict[str, Any] = {
                     "example_id": ex.id,
                     "repo": ex.repo,
                     "path": ex.path,
                     "span_kind": ex.span_kind,
-                    "template": template.name,
+                    "template": spec.template.name,
                     "prompt": rendered.prompt,
                     "target": rendered.target,
                     "prompt_tokens": rendered.prompt_tokens,

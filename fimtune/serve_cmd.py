@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def defaults_from(args: argparse.Namespace) -> Any:
     """Settings from the flags given (recorded as explicit, like a client's settings)."""
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
     from lsp_server.settings import parse_settings
 
     flags = {
@@ -75,7 +75,7 @@ def add_serve_parser(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m lsp_server [flags]`: the same as `fimtune serve [flags]`."""
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
 
     parser = argparse.ArgumentParser(prog="python -m lsp_server", description="fimtune's language server")
     add_arguments(parser)

@@ -12,7 +12,7 @@ from typing import Any
 from fimtune.config import ConfigError, ContextConfig, from_dict
 from fimtune.engines.base import Engine, EngineError, EngineSettings, make_engine
 from fimtune.fim_format import FimFormatError
-from fimtune.prompting import PromptSpec
+from fimtune.prompting import PromptSpec, resolve_prompt
 from fimtune.run_meta import RunMetaError, read_run_meta
 from lsp_server.settings import Settings
 
@@ -53,17 +53,15 @@ def prompt_spec(engine: Engine, settings: Settings) -> PromptSpec:
     try:
         if callable(maker):
             spec: PromptSpec = maker(settings.template)
-        elif settings.run:
-            spec = PromptSpec.from_run(settings.run)
-        elif settings.template == "auto":
+        elif not settings.run and settings.template == "auto":
             if settings.engine != "fixed":
                 raise EngineError(
                     f"{settings.engine} engine: set `template` to the served model's FIM template "
                     "(e.g. qwen2.5-coder), or `run` to the run folder it was tuned in; `auto` needs the local engine"
                 )
-            spec = PromptSpec.for_base("fimtune")
+            spec = resolve_prompt(template="fimtune")
         else:
-            spec = PromptSpec.for_base(settings.template)
+            spec = resolve_prompt(run=settings.run or None, template=settings.template)
     except (FimFormatError, RunMetaError) as e:
         raise EngineError(f"{settings.engine} engine: {e}") from None
     spec.context = dataclasses.replace(spec.context, max_chars=context_config(settings).max_chars)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fimtune.engines.base import ENGINES, EngineSettings
 from fimtune.fim_format import TEMPLATES
-from fimtune.train.model import default_base_model
+from fimtune.models import default_base_model
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

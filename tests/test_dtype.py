@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fimtune.config import ConfigError  # noqa: E402
+from fimtune.models import ModelError, bf16_supported, resolve_dtype  # noqa: E402
 from fimtune.train.config import TrainConfig  # noqa: E402
-from fimtune.train.model import ModelError, bf16_supported, resolve_dtype  # noqa: E402
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def request(engine: LocalEngine, fim: FimRequest = FIM, **changes: object) -> En
 
 def test_is_an_engine_with_the_base_template_and_exact_budgets(base: LocalEngine) -> None:
     assert isinstance(base, Engine) and base.name == "local"
-    from fimtune.train.model import bf16_supported
+    from fimtune.models import bf16_supported
 
     expected = torch.bfloat16 if bf16_supported("cpu") else torch.float32  # dtype auto (test_dtype.py pins both)
     assert base.device == "cpu" and base.dtype == expected and not base.model.training

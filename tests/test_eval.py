@@ -17,10 +17,10 @@ from fimtune.cli import main  # noqa: E402
 from fimtune.corpus.read import open_corpus  # noqa: E402
 from fimtune.eval.metrics import normalize, score_example  # noqa: E402
 from fimtune.eval.run import EvalConfig, pick, run_eval  # noqa: E402
+from fimtune.models import load_tokenizer, resolve_base_model  # noqa: E402
 from fimtune.postprocess import StopRules, postprocess  # noqa: E402
 from fimtune.prompting import PromptSpec  # noqa: E402
 from fimtune.run_meta import read_run_meta  # noqa: E402
-from fimtune.train.model import load_tokenizer, resolve_base_model  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -209,7 +209,7 @@ def test_run_eval_is_deterministic(fimtune_cache: Path, tiny_corpus: Path, tmp_p
 def test_without_a_model_the_best_builtin_base_is_evaluated(
     fimtune_cache: Path, tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fimtune.train.model import ensure_tiny_model, packaged_model_dir
+    from fimtune.models import ensure_tiny_model, packaged_model_dir
 
     if (packaged_model_dir("pico") / "config.json").exists():
         pytest.skip("pico is shipped: it is the default")

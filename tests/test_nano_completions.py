@@ -19,7 +19,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from fimtune.train.model import packaged_model_dir
+from fimtune.models import packaged_model_dir
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),

@@ -327,7 +327,7 @@ def test_tokenizer_round_trips_and_has_single_sentinels(bpe: object, tmp_path: P
     assert len(bpe.encode(_module("m1", 8)).ids) < len(_module("m1", 8).encode()) / 2  # merges were learned
     assert train_bpe([_module(f"m{i}", 8) for i in range(6)] + [TEXT * 20], 400, T).to_str() == bpe.to_str()
     save_tokenizer(bpe, tmp_path, T)  # type: ignore[arg-type]
-    from fimtune.train.model import load_tokenizer
+    from fimtune.models import load_tokenizer
 
     assert detect_template(load_tokenizer(tmp_path)) == "fimtune"
 
@@ -436,7 +436,7 @@ def test_pretrain_cli_end_to_end(run: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fimtune.train.model import load_tokenizer, model_type_of
+    from fimtune.models import load_tokenizer, model_type_of
 
     report = json.loads((run / "pretrain_report.json").read_text())
     assert report["finished"] and report["steps"] == 4 and not report["stopped_by_time_limit"]
@@ -465,7 +465,7 @@ def test_pretrain_cli_end_to_end(run: Path) -> None:
 
 @pytest.mark.parametrize("name", ["pico", "nano"])
 def test_base_model_builtin(name: str, run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fimtune.train.model import BUILTIN_MODELS, ModelError, packaged_model_dir, resolve_base_model
+    from fimtune.models import BUILTIN_MODELS, ModelError, packaged_model_dir, resolve_base_model
 
     env = BUILTIN_MODELS[name][0]
     monkeypatch.delenv(env, raising=False)
@@ -481,7 +481,7 @@ def test_base_model_builtin(name: str, run: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_default_base_is_the_best_builtin_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fimtune.train.model import default_base_model, packaged_model_dir
+    from fimtune.models import default_base_model, packaged_model_dir
     from lsp_server.settings import Settings
 
     pico_shipped = (packaged_model_dir("pico") / "config.json").exists()

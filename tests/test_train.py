@@ -24,12 +24,12 @@ from fimtune import CORPUS_FORMAT_VERSION  # noqa: E402
 from fimtune.config import CorpusConfig, SpanConfig  # noqa: E402
 from fimtune.corpus.pipeline import build_corpus  # noqa: E402
 from fimtune.fim_format import IGNORE_INDEX, TEMPLATES, Budgets  # noqa: E402
+from fimtune.models import build_tiny_model, resolve_base_model  # noqa: E402
 from fimtune.records import FimExample  # noqa: E402
 from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta, write_run_meta  # noqa: E402
 from fimtune.tokenizer import byte_tokenizer_for  # noqa: E402
 from fimtune.train.config import TrainConfig  # noqa: E402
 from fimtune.train.data import TokenMeter, render_examples, to_dataset  # noqa: E402
-from fimtune.train.model import build_tiny_model, resolve_base_model  # noqa: E402
 from fimtune.train.sft import TrainError, train  # noqa: E402
 
 # Two shared CPU cores: one intra-op thread is ~40x faster than two threads fighting over them.
@@ -296,7 +296,7 @@ def test_run_meta_round_trips_and_refuses_other_versions(tmp_path: Path) -> None
 
 
 def run_cmd(*argv: str) -> str:
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
     from fimtune.train.cli import add_train_parser
 
     parser = argparse.ArgumentParser()
@@ -362,8 +362,8 @@ def test_out_that_is_not_a_run_is_refused_and_left_as_it_was(corpus: Path, tmp_p
 
 
 def test_context_limit_and_base_budgets_follow_the_model_config(tmp_path: Path) -> None:
+    from fimtune.models import context_limit
     from fimtune.prompting import PromptSpec
-    from fimtune.train.model import context_limit
 
     for config, limit in (
         ({"max_position_embeddings": 4096}, 4096),

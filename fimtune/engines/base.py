@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
-from fimtune.fim_format import FimRequest, Rendered
+from fimtune.prompting import EngineRequest
 
 # Engine name -> "module:factory"; factories take EngineSettings. Imported lazily so that a server talking to a
 # remote engine never imports torch.
@@ -24,22 +24,6 @@ STOP_REASONS = ("end", "stop", "length", "cancelled")
 
 class EngineError(Exception):
     """An engine could not complete: names the engine, the endpoint or model, and what failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineRequest:
-    """One completion to make.
-
-    `rendered.prompt` is the exact text fimtune's template produced; engines that take a raw prompt (local,
-    openai, ollama) send it as is. `fim` holds the same prefix, suffix and context before rendering, for engines
-    that lay out the prompt themselves (llama.cpp's /infill).
-    """
-
-    rendered: Rendered
-    fim: FimRequest
-    max_tokens: int = 64
-    stop: tuple[str, ...] = ()  # generation ends at the first of these (not included in the text)
-    temperature: float = 0.0  # 0: greedy
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,16 @@ from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteri
 
 from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings
 from fimtune.fim_format import FimFormatError, get_template, prompt_ids
-from fimtune.prompting import PromptSpec
-from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta
-from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
-from fimtune.train.model import (
+from fimtune.models import (
     ModelError,
-    context_limit,
     load_tokenizer,
     model_type_of,
     resolve_base_model,
     resolve_dtype,
 )
+from fimtune.prompting import PromptSpec, resolve_prompt
+from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta
+from fimtune.tokenizer import FimTokenizer, as_fim_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -174,16 +173,10 @@ class LocalEngine:
         """How to render requests for this model: the run's fimtune.json, or the base's template (`auto`:
         detected from its tokenizer), with this tokenizer so budgets are exact token counts."""
         try:
-            if self.run is not None and self.meta is not None:
-                if template not in ("auto", self.meta.template):
-                    raise EngineError(
-                        f"local engine: run {self.run} was trained with template {self.meta.template!r}; "
-                        f"it cannot be prompted with {template!r} (leave the template on auto)"
-                    )
-                return PromptSpec.from_run(self.run, self.fim_tokenizer)
-            limit = context_limit(self.base_path)
-            return PromptSpec.for_base(template, self.fim_tokenizer, self.model_type, context_limit=limit)
-        except (FimFormatError, RunMetaError) as e:
+            return resolve_prompt(
+                run=self.run, base_model=self.base_path, template=template, tokenizer=self.fim_tokenizer
+            )
+        except (FimFormatError, RunMetaError, ModelError) as e:
             raise EngineError(f"local engine: {e}") from None
 
     # --- generation ------------------------------------------------------------------------------------------

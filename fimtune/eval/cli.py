@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fimtune.cli import say as _say
+from fimtune.console import say as _say
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,9 +52,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fimtune.cli import CommandError
+    from fimtune.console import CommandError
     from fimtune.eval.run import EvalConfig, EvalError, run_eval
-    from fimtune.train.model import default_base_model
+    from fimtune.models import default_base_model
 
     settings: dict[str, Any] = {
         "corpus": args.corpus,

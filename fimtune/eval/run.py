@@ -21,7 +21,7 @@ from fimtune.eval.report import MAIN_METRICS, report_paths, write_report
 from fimtune.fim_format import FimFormatError
 from fimtune.outputs import OutputRefused, check_output_files
 from fimtune.postprocess import StopRules, postprocess
-from fimtune.prompting import PromptSpec
+from fimtune.prompting import PromptSpec, resolve_prompt
 from fimtune.records import FimExample
 from fimtune.run_meta import RunMetaError, read_run_meta
 
@@ -137,17 +137,10 @@ def _spec_without_engine(cfg: EvalConfig) -> PromptSpec:
     """The PromptSpec for an engine that holds no tokenizer (HTTP, fixed): the run's fimtune.json with the
     tokenizer training saved beside it (PromptSpec.from_run), the base model's template and tokenizer, or, for
     a served model named only by its template, that template with the character estimate `serve` uses too."""
-    from fimtune.train.model import ModelError, context_limit, load_tokenizer, model_type_of, resolve_base_model
+    from fimtune.models import ModelError
 
     try:
-        if cfg.run:
-            return PromptSpec.from_run(cfg.run)  # the run's own tokenizer.json, as serve reads it
-        if not cfg.base_model:
-            return PromptSpec.for_base(cfg.template)
-        path = resolve_base_model(cfg.base_model)
-        return PromptSpec.for_base(
-            cfg.template, load_tokenizer(path), model_type_of(path), context_limit=context_limit(path)
-        )
+        return resolve_prompt(run=cfg.run, base_model=cfg.base_model or None, template=cfg.template)
     except (ModelError, RunMetaError, FimFormatError) as e:
         raise EvalError(str(e)) from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fimtune.cli import say as _say
+from fimtune.console import say as _say
 
 
 def _names(value: str) -> list[str]:
@@ -74,8 +74,8 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from fimtune.cli import CommandError
     from fimtune.config import load_config
+    from fimtune.console import CommandError
     from fimtune.pretrain.config import PretrainConfig
 
     overrides: dict[str, Any] = {
@@ -108,8 +108,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if not cfg.resume:
         cfg.effective()  # bad settings fail here, before torch is imported
 
+    from fimtune.models import ModelError
     from fimtune.pretrain.train import PretrainError, pretrain
-    from fimtune.train.model import ModelError
 
     try:
         result = pretrain(cfg)

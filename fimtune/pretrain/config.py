@@ -95,7 +95,7 @@ class PretrainConfig:
         """The starting model's folder (absolute; built-in names resolved) and the vocabulary size it fixes."""
         if not self.init_from:
             return "", self.vocab_size or preset_vocab
-        from fimtune.train.model import BUILTIN_MODELS, ModelError, resolve_builtin
+        from fimtune.models import BUILTIN_MODELS, ModelError, resolve_builtin
 
         try:
             folder = resolve_builtin(self.init_from) if self.init_from in BUILTIN_MODELS else Path(self.init_from)

@@ -22,6 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from fimtune import __version__
 from fimtune.config import from_dict, to_dict
 from fimtune.fim_format import TEMPLATES
+from fimtune.models import ModelError, load_tokenizer, resolve_dtype
 from fimtune.pretrain.config import PretrainConfig
 from fimtune.pretrain.data import SourceError, collect, default_sources
 from fimtune.pretrain.fim import build_sequences, pack
@@ -30,7 +31,6 @@ from fimtune.pretrain.tokenizer import capped, train_bpe
 from fimtune.tokenizer import save_tokenizer
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, to_dataset
-from fimtune.train.model import ModelError, load_tokenizer, resolve_dtype
 from fimtune.train.sft import CHECKPOINTS, Guard, NonFiniteLoss, peak_memory_mib, sft_config
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fimtune.cli import say as _say
+from fimtune.console import say as _say
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +62,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from fimtune.cli import CommandError
     from fimtune.config import load_config, to_dict
+    from fimtune.console import CommandError
     from fimtune.train.config import TrainConfig
 
     overrides: dict[str, Any] = {
@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["max_steps"] = 0
     cfg = load_config(TrainConfig, args.config, overrides)
     if not cfg.base_model:
-        from fimtune.train.model import default_base_model
+        from fimtune.models import default_base_model
 
         cfg.base_model = default_base_model()  # the best built-in model installed (`nano` in a checkout)
     cfg.validate()
@@ -108,8 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main:
         _say("effective config:\n  " + yaml.safe_dump(to_dict(cfg), sort_keys=False).replace("\n", "\n  ").rstrip())
 
+    from fimtune.models import ModelError
     from fimtune.train.data import DataError
-    from fimtune.train.model import ModelError
     from fimtune.train.sft import TrainError, train
 
     try:

@@ -21,23 +21,24 @@ from trl import SFTConfig, SFTTrainer
 
 from fimtune import CORPUS_FORMAT_VERSION, __version__
 from fimtune.config import to_dict
-from fimtune.fim_format import FORMAT_VERSION, FimFormatError, check_tokenizer, detect_template, get_template
-from fimtune.outputs import OutputRefused, check_output_folder
-from fimtune.run_meta import RunMeta, write_run_meta
-from fimtune.train.config import TrainConfig
-from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
-from fimtune.train.model import (
+from fimtune.fim_format import FORMAT_VERSION, FimFormatError
+from fimtune.models import (
     ModelError,
     check_vocab_fits,
     context_limit,
     load_base_model,
     load_tokenizer,
-    lora_config,
     model_type_of,
     pick_attention,
     resolve_base_model,
     resolve_dtype,
 )
+from fimtune.outputs import OutputRefused, check_output_folder
+from fimtune.prompting import resolve_prompt
+from fimtune.run_meta import RunMeta, write_run_meta
+from fimtune.train.config import TrainConfig
+from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
+from fimtune.train.model import lora_config
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     tokenizer = load_tokenizer(base_path)
     model_type = model_type_of(base_path)
     try:
-        template = get_template(detect_template(tokenizer, model_type) if cfg.template == "auto" else cfg.template)
-        check_tokenizer(template, tokenizer)
+        template = resolve_prompt(base_model=base_path, template=cfg.template, tokenizer=tokenizer).template
     except FimFormatError as e:
         raise TrainError(str(e)) from None
     if tokenizer.pad_token is None:  # an existing token, never a new one
