@@ -165,7 +165,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 
 def packaged_model_dir(name: str) -> Path:
     """Where an install ships a built-in model (package data): fimtune/models/<name>/."""
-    return Path(__file__).resolve().parent.parent / "models" / name
+    return Path(__file__).resolve().parent / "models" / name
 
 
 def resolve_builtin(name: str) -> Path:

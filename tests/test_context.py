@@ -9,9 +9,8 @@ from hashlib import blake2b
 
 import pytest
 
-from fimtune import context
 from fimtune.config import ConfigError, ContextConfig
-from fimtune.context import Definition, FileIndex, RepoIndex, index_file, tokenize
+from fimtune.context import Definition, FileIndex, RepoIndex, index_file, store, tokenize
 from fimtune.languages import language_for_path
 from fimtune.records import SourceFile
 
@@ -474,9 +473,7 @@ def test_retrieval_is_deterministic() -> None:
     assert first == forward.retrieve("new.py", "python", prefix) == backward.retrieve("new.py", "python", prefix)
     # All twelve windows tie: their order is a hash of path and line, the same for any order of indexing.
     similar = [s.path for s in first if s.kind == "similar"]
-    by_hash = sorted(
-        files, key=lambda p: context._tie_key(int.from_bytes(blake2b(p.encode(), digest_size=8).digest()), 0)
-    )
+    by_hash = sorted(files, key=lambda p: store.tie_key(int.from_bytes(blake2b(p.encode(), digest_size=8).digest()), 0))
     assert len(similar) >= 3 and similar == by_hash[: len(similar)]
 
 
@@ -510,16 +507,17 @@ def test_window_scores_are_bm25(max_postings: int) -> None:
     files = {"app/__init__.py": "", "app/geometry.py": GEOMETRY, "app/report.py": REPORT, "app/main.py": MAIN}
     index = repo(files, cfg)
     tokens = {"entry", "rate", "exchange_rates", "totals", "radius", "no_such_token"}
-    scored = index._scores(tokens)
+    scored = index.store.scores(tokens)
     assert scored is not None
     expected = bm25_reference(files, tokens, cfg)
     by_id = dict(zip(scored[0].tolist(), scored[1].tolist(), strict=True))
-    got = {(index._win_path[i], index._win_line[i]): by_id.get(i, 0.0) for i in range(len(index._win_path))}
+    windows = [index.store.window(i) for i in range(len(index.store._win_path))]
+    got = {(path, line): by_id.get(i, 0.0) for i, (path, line, _) in enumerate(windows)}
     assert got.keys() == expected.keys()
     assert all(by_id.values())  # only windows holding a query token are scored
     assert got == pytest.approx(expected, rel=1e-5)
     assert max(expected.values()) > 0
-    assert index._scores({"no_such_token"}) is None
+    assert index.store.scores({"no_such_token"}) is None
 
 
 def test_unindexed_buffer_uses_its_live_imports() -> None:
@@ -543,13 +541,13 @@ def test_file_index_fields() -> None:
 def test_tokens_no_window_holds_are_forgotten() -> None:
     """A server re-indexes a buffer at every keystroke: each half-typed name must not stay in the index."""
     index = small_repo()
-    words = len(index._vocab)
+    words = len(index.store._vocab)
     for i in range(200):
         index.update(index_file(src("app/typing.py", f"def typed_{i}(value_{i}):\n    return value_{i}\n"), CFG))
-    assert len(index._vocab) <= words + 3  # this keystroke's names only
+    assert len(index.store._vocab) <= words + 3  # this keystroke's names only
     before = index.retrieve("new.py", "python", "def g(x):\n    return typed_199(")
     index.remove("app/typing.py")
-    assert len(index._vocab) == words and "typed_199" not in index._vocab
+    assert len(index.store._vocab) == words and "typed_199" not in index.store._vocab
     rebuilt = small_repo()
     rebuilt.update(index_file(src("app/typing.py", "def typed_199(value_199):\n    return value_199\n"), CFG))
     index.update(index_file(src("app/typing.py", "def typed_199(value_199):\n    return value_199\n"), CFG))

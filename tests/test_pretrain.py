@@ -480,6 +480,16 @@ def test_base_model_builtin(name: str, run: Path, monkeypatch: pytest.MonkeyPatc
     assert resolve_base_model(name) == run / "model"
 
 
+def test_builtin_models_ship_inside_the_package() -> None:
+    """Package data lives in fimtune/models/<name>/ whatever module resolves it (a moved module once looked
+    one folder too high, and every built-in model read as not installed)."""
+    import fimtune
+    from fimtune.models import packaged_model_dir
+
+    assert packaged_model_dir("nano") == Path(fimtune.__file__).resolve().parent / "models" / "nano"
+    assert (packaged_model_dir("nano") / "config.json").is_file()  # shipped in the repository
+
+
 def test_default_base_is_the_best_builtin_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fimtune.models import default_base_model, packaged_model_dir
     from lsp_server.settings import Settings

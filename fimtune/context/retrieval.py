@@ -1,0 +1,265 @@
+"""Retrieval for a cursor: the definitions of what the file imports (names used near the cursor first), then the
+windows of other files most similar to the code just before it, within the context budget."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fimtune.config import ConfigError, ContextConfig
+from fimtune.context.files import Definition, FileIndex, imports_of, tokenize
+from fimtune.context.imports import RESOLVERS, Paths, imported_names
+from fimtune.context.store import WindowStore
+from fimtune.records import Snippet
+
+# Names used within this many times cfg.query_lines lines before the cursor rank a definition above the rest.
+_AROUND_LINES = 5
+# A similar window is not worth showing in fewer characters than this (it is cut to whole lines to fit).
+_MIN_WINDOW_CHARS = 120
+
+
+@dataclass(slots=True)
+class _Entry:
+    language: str
+    definitions: tuple[Definition, ...]
+    imports: tuple[str, ...]
+    wids: list[int]
+    named: frozenset[str]  # the last name of each import specifier (imported by name: "x" of "a.b.x")
+
+
+# The lines around a cursor that retrieval reads are cut to this many characters as well: a 5 MB minified line
+# is one line, and tokenizing it on every request froze the server.
+LINES_MAX_CHARS = 16_384
+
+
+def _tail_lines(text: str, n: int) -> str:
+    """The last n lines of text (at most LINES_MAX_CHARS characters)."""
+    floor = max(0, len(text) - LINES_MAX_CHARS)
+    pos = len(text)
+    for _ in range(n):
+        pos = text.rfind("\n", floor, pos)
+        if pos < 0:
+            return text[floor:]
+    return text[pos + 1 :]
+
+
+def _head_lines(text: str, n: int) -> str:
+    """The first n lines of text (at most LINES_MAX_CHARS characters)."""
+    ceiling = min(len(text), LINES_MAX_CHARS)
+    pos = -1
+    for _ in range(n):
+        pos = text.find("\n", pos + 1, ceiling)
+        if pos < 0:
+            return text[:ceiling]
+    return text[:pos]
+
+
+def _fit_lines(text: str, budget: int, min_lines: int = 3) -> str:
+    """The first whole lines of `text` that fit in `budget` characters; "" when fewer than `min_lines` fit."""
+    lines = text.split("\n")
+    size, count = -1, 0
+    for line in lines:
+        if size + 1 + len(line) > budget:
+            break
+        size += 1 + len(line)
+        count += 1
+    if count < min(min_lines, len(lines)):
+        return ""
+    return "\n".join(lines[:count])
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+class RepoIndex:
+    """Definitions, imports and BM25 windows of one repository; updated one file at a time."""
+
+    def __init__(self, cfg: ContextConfig) -> None:
+        for name in ("max_chars", "max_snippets", "window_lines", "window_stride", "query_lines"):
+            if getattr(cfg, name) < 1:
+                raise ConfigError(f"context.{name}: must be at least 1, not {getattr(cfg, name)}")
+        if not 0.0 <= cfg.definitions_share <= 1.0:
+            raise ConfigError(f"context.definitions_share: must be in [0, 1], not {cfg.definitions_share}")
+        self.cfg = cfg
+        self._files: dict[str, _Entry] = {}
+        self._paths = Paths()
+        self._resolved: dict[str, tuple[str, ...]] = {}
+        self.store = WindowStore(cfg.window_lines, cfg.max_postings)
+
+    @classmethod
+    def build(cls, files: Iterable[FileIndex], cfg: ContextConfig) -> RepoIndex:
+        index = cls(cfg)
+        for fi in files:
+            index.update(fi)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._files
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self._files)
+
+    def definitions(self, path: str) -> tuple[Definition, ...]:
+        entry = self._files.get(path)
+        return entry.definitions if entry else ()
+
+    # ---- updates -------------------------------------------------------------------------------------------
+
+    def update(self, fi: FileIndex) -> None:
+        """Add a file or replace its entries; nothing of any other file is touched."""
+        if fi.path in self._files:
+            self._drop(fi.path)
+            self._resolved.pop(fi.path, None)
+        else:
+            self._paths.add(fi.path)
+            self._resolved.clear()  # a new path can change how other files' imports resolve
+        wids = self.store.add(fi.path, fi.windows)
+        self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids, imported_names(fi.imports))
+
+    def remove(self, path: str) -> None:
+        """Forget a file (no-op when it is not indexed)."""
+        if path not in self._files:
+            return
+        self._drop(path)
+        del self._files[path]
+        self._paths.discard(path)
+        self._resolved.clear()
+
+    def _drop(self, path: str) -> None:
+        entry = self._files[path]
+        self.store.drop(entry.wids)
+        entry.wids = []
+
+    # ---- imports -------------------------------------------------------------------------------------------
+
+    def resolve_imports(self, path: str) -> list[str]:
+        """Repository paths the file imports, in the order of its imports (the file itself excluded)."""
+        entry = self._files.get(path)
+        if entry is None:
+            return []
+        cached = self._resolved.get(path)
+        if cached is None:
+            cached = self._resolved[path] = tuple(self._resolve(path, entry.language, entry.imports))
+        return list(cached)
+
+    def _resolve(self, path: str, language: str, specs: Iterable[str]) -> list[str]:
+        resolve = RESOLVERS.get(language)
+        if resolve is None:
+            return []
+        out: list[str] = []
+        for spec in specs:
+            for target in resolve(self._paths, path, spec):
+                if target != path and target not in out:
+                    out.append(target)
+        return out
+
+    # ---- retrieval -----------------------------------------------------------------------------------------
+
+    def retrieve(self, path: str, language: str, prefix: str, suffix: str = "") -> tuple[Snippet, ...]:
+        """Context for a cursor in `path`: imported definitions and similar windows of other files.
+
+        Most relevant first; at most cfg.max_snippets snippets of cfg.max_chars characters in all; never a
+        snippet of `path` itself; no two overlapping windows.
+        """
+        cfg = self.cfg
+        before = _tail_lines(prefix, _AROUND_LINES * cfg.query_lines)
+        query = _tail_lines(before, cfg.query_lines)
+        near = set(tokenize(query))
+        # The lines before the query lines start after a newline: no token spans the cut.
+        around = near.union(
+            tokenize(before[: len(before) - len(query)]), tokenize(_head_lines(suffix, cfg.query_lines))
+        )
+
+        ranked = self._ranked_definitions(path, language, prefix, suffix, near, around)
+        chosen: list[tuple[int, Definition]] = []
+        taken: list[str] = []
+        used = 0
+
+        def take_definitions(budget: int, max_count: int) -> None:
+            nonlocal used
+            for tier, d in ranked:
+                if len(chosen) >= max_count or used >= budget:
+                    break
+                if used + len(d.text) > budget or any(c is d for _, c in chosen):
+                    continue
+                flat = _squash(d.text)
+                if any(flat in t for t in taken):
+                    continue  # e.g. a method already shown in its class
+                chosen.append((tier, d))
+                taken.append(flat)
+                used += len(d.text)
+
+        share = cfg.definitions_share
+        take_definitions(int(cfg.max_chars * share), math.ceil(cfg.max_snippets * share))
+        windows = self._similar(path, near, cfg.max_chars - used, cfg.max_snippets - len(chosen), taken)
+        used += sum(len(w.text) for w in windows)
+        take_definitions(cfg.max_chars, cfg.max_snippets - len(windows))  # what the windows left over
+
+        mentioned = [Snippet(d.path, d.text, "definition") for tier, d in chosen if tier > 0]
+        others = [Snippet(d.path, d.text, "definition") for tier, d in chosen if tier == 0]
+        return (*mentioned, *windows, *others)
+
+    def _ranked_definitions(
+        self, path: str, language: str, prefix: str, suffix: str, near: set[str], around: set[str]
+    ) -> list[tuple[int, Definition]]:
+        """Definitions of the imported files, by tier then import order then file order.
+
+        Tier 2: the name is used in the query lines just before the cursor; tier 1: imported by name, or used
+        in the lines around the cursor; tier 0: the rest. Methods only count when used near the cursor (their
+        signatures are in their class's stub otherwise).
+        """
+        entry = self._files.get(path)
+        if entry is not None:
+            targets = self.resolve_imports(path)
+            named = entry.named
+        else:  # a file the index has not seen (a new buffer): its imports come from the live text
+            specs = imports_of(language, prefix + suffix)
+            targets = self._resolve(path, language, specs)
+            named = imported_names(specs)
+        ranked: list[tuple[int, int, int, Definition]] = []
+        for fi, target in enumerate(targets):
+            for di, d in enumerate(self._files[target].definitions):
+                if d.name in near:
+                    tier = 2
+                elif d.kind == "method":
+                    continue
+                elif d.name in named or d.name in around:
+                    tier = 1
+                else:
+                    tier = 0
+                ranked.append((-tier, fi, di, d))
+        ranked.sort(key=lambda r: r[:3])
+        return [(-r[0], r[3]) for r in ranked]
+
+    def _similar(self, path: str, tokens: set[str], budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
+        if budget <= 0 or max_count <= 0:
+            return []
+        entry = self._files.get(path)
+        out: list[Snippet] = []
+        spans: dict[str, list[tuple[int, int]]] = {}
+        seen_text = set(taken)
+        for wid in self.store.best(tokens, entry.wids if entry else [], 8 * max_count + 32):
+            if len(out) >= max_count or budget < _MIN_WINDOW_CHARS:
+                break
+            wpath, line, text = self.store.window(wid)
+            if len(text) > budget:
+                text = _fit_lines(text, budget)
+                if not text:
+                    continue
+            end = line + text.count("\n") + 1
+            if any(line < e and s < end for s, e in spans.get(wpath, ())):
+                continue
+            flat = _squash(text)
+            if flat in seen_text:
+                continue
+            seen_text.add(flat)
+            spans.setdefault(wpath, []).append((line, end))
+            out.append(Snippet(wpath, text, "similar"))
+            budget -= len(text)
+        return out

@@ -1,0 +1,212 @@
+"""The BM25 store of a repository's line windows, updated one file at a time.
+
+Why an own inverted index and not `bm25s`: the server changes one file at a time, and an update must touch only
+that file's entries. `bm25s` builds a static sparse matrix and would need a full rebuild (seconds on 100k
+windows) per change. Here each token keeps its postings (window id, BM25 term weight) in growable `array`s that
+numpy reads without copying; adding or removing a file edits only the postings of that file's tokens, and
+document frequencies (hence idf) follow exactly. Term weights use a fixed length pivot (window_lines * 4 tokens)
+instead of the live mean window length, so a posting's weight never depends on other files. A query
+concatenates the postings of its tokens, rarest first, up to `max_postings` (the common tokens that are left out
+weigh little in BM25), and sums them with one `bincount` over the windows they name, so a query costs what its
+postings cost, not what the repository's size does. Every cut and tie is decided by content (document frequency,
+token; equal scores by a hash of path and line, ranked in numpy: a repository of generated look-alike files ties
+thousands of windows), never by insertion order, so an incrementally updated store and a full rebuild rank
+identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from fimtune.context.files import Window
+
+_BM25_K1 = 1.2
+_BM25_B = 0.75
+# BM25 normalises a window's length by a fixed pivot (window_lines * this), not by the live mean length, so
+# that each posting's weight is computed once, when its file is indexed, and never changes with other files.
+_TOKENS_PER_LINE = 4.0
+
+
+def tie_key(path_hash: int, line: int) -> int:
+    """A window's place among equal scores: its path's hash mixed with its line, as a signed 64-bit value."""
+    key = (path_hash ^ (line * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def path_hash(path: str) -> int:
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+
+
+class WindowStore:
+    """Windows by id (ids of removed windows are reused) and, per token, the postings of the windows holding it."""
+
+    def __init__(self, window_lines: int, max_postings: int) -> None:
+        self.max_postings = max_postings
+        self._win_path: list[str] = []
+        self._win_line: list[int] = []
+        self._win_text: list[str] = []
+        self._win_tids: list[array[int]] = []
+        self._win_len: list[int] = []
+        self._win_key = array("q")  # tie order among equal scores: a hash of (path, line)
+        self._free: list[int] = []
+        self._n_windows = 0
+        # Inverted index: token id -> (window ids, BM25 term weights).
+        self._vocab: dict[str, int] = {}
+        self._token_of: list[str] = []  # token id -> token ("" for a free id)
+        self._free_tids: list[int] = []  # ids of tokens no window holds any more (a server sees every typo once)
+        self._post_w: list[array[int]] = []
+        self._post_v: list[array[float]] = []
+        self._pivot = window_lines * _TOKENS_PER_LINE
+
+    def __len__(self) -> int:
+        return self._n_windows
+
+    def window(self, wid: int) -> tuple[str, int, str]:
+        """(path, first line, text) of a window."""
+        return self._win_path[wid], self._win_line[wid], self._win_text[wid]
+
+    # ---- updates -------------------------------------------------------------------------------------------
+
+    def add(self, path: str, windows: Iterable[Window]) -> list[int]:
+        """Store a file's windows; their ids."""
+        wids: list[int] = []
+        key = path_hash(path)
+        for window in windows:
+            wid = self._alloc()
+            counts = Counter(window.tokens)
+            norm = _BM25_K1 * (1.0 - _BM25_B + _BM25_B * len(window.tokens) / self._pivot)
+            tids = array("i")
+            for token in sorted(counts):
+                tid = self._vocab.get(token)
+                if tid is None:
+                    tid = self._vocab[token] = self._alloc_token(token)
+                self._post_w[tid].append(wid)
+                tf = counts[token]
+                self._post_v[tid].append(tf * (_BM25_K1 + 1.0) / (tf + norm))
+                tids.append(tid)
+            self._win_path[wid] = path
+            self._win_line[wid] = window.start_line
+            self._win_text[wid] = window.text
+            self._win_tids[wid] = tids
+            self._win_len[wid] = len(window.tokens)
+            self._win_key[wid] = tie_key(key, window.start_line)
+            self._n_windows += 1
+            wids.append(wid)
+        return wids
+
+    def drop(self, wids: Iterable[int]) -> None:
+        """Remove windows from the postings of their own tokens (nothing else is touched)."""
+        by_token: dict[int, list[int]] = {}
+        for wid in wids:
+            for tid in self._win_tids[wid]:
+                by_token.setdefault(tid, []).append(wid)
+            self._n_windows -= 1
+            self._win_len[wid] = 0
+            self._win_path[wid] = ""
+            self._win_text[wid] = ""
+            self._win_tids[wid] = array("i")
+            heapq.heappush(self._free, wid)
+        for tid, gone in by_token.items():
+            w = np.frombuffer(self._post_w[tid], dtype=np.int32)
+            if len(gone) <= 4:
+                keep = w != gone[0]
+                for g in gone[1:]:
+                    keep &= w != g
+            else:
+                keep = ~np.isin(w, np.asarray(gone, dtype=np.int32))
+            v = np.frombuffer(self._post_v[tid], dtype=np.float32)
+            new_w, new_v = array("i"), array("f")
+            new_w.frombytes(w[keep].tobytes())
+            new_v.frombytes(v[keep].tobytes())
+            del w, v
+            self._post_w[tid], self._post_v[tid] = new_w, new_v
+            if not new_w:  # no window holds the token any more: forget it
+                del self._vocab[self._token_of[tid]]
+                self._token_of[tid] = ""
+                self._free_tids.append(tid)
+
+    def _alloc(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        wid = len(self._win_path)
+        self._win_path.append("")
+        self._win_line.append(0)
+        self._win_text.append("")
+        self._win_tids.append(array("i"))
+        self._win_len.append(0)
+        self._win_key.append(0)
+        return wid
+
+    def _alloc_token(self, token: str) -> int:
+        if self._free_tids:
+            tid = self._free_tids.pop()
+            self._token_of[tid] = token
+            return tid
+        self._token_of.append(token)
+        self._post_w.append(array("i"))
+        self._post_v.append(array("f"))
+        return len(self._post_w) - 1
+
+    # ---- queries -------------------------------------------------------------------------------------------
+
+    def scores(self, tokens: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(window ids, their BM25 scores) of the windows holding any of the query's tokens, ids ascending;
+        None when no token is indexed."""
+        n = self._n_windows
+        if n == 0:
+            return None
+        vocab, post_w = self._vocab, self._post_w
+        terms = []
+        for token in tokens:
+            tid = vocab.get(token)
+            if tid is not None and len(post_w[tid]):
+                terms.append((len(post_w[tid]), token, tid))
+        if not terms:
+            return None
+        terms.sort()
+        chosen: list[int] = []
+        dfs: list[int] = []
+        total = 0
+        for df, _, tid in terms:
+            if chosen and total + df > self.max_postings:
+                break
+            chosen.append(tid)
+            dfs.append(df)
+            total += df
+        # All postings of the chosen tokens at once (one copy, not an array per token); bincount adds each
+        # window's terms in token order.
+        w = np.frombuffer(b"".join([post_w[t] for t in chosen]), dtype=np.int32)
+        v = np.frombuffer(b"".join([self._post_v[t] for t in chosen]), dtype=np.float32)
+        df_arr = np.asarray(dfs, dtype=np.float32)
+        v = v * np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
+        if 8 * len(w) < len(self._win_path):  # few postings: sum over the windows they name
+            ids, where = np.unique(w, return_inverse=True)
+            return ids, np.bincount(where, weights=v, minlength=len(ids))
+        scores = np.bincount(w, weights=v, minlength=len(self._win_path))
+        hit = np.flatnonzero(scores)
+        return hit, scores[hit]
+
+    def ranked(self, ids: np.ndarray, scores: np.ndarray, exclude: list[int], limit: int) -> list[int]:
+        """The `limit` best window ids, best first; equal scores in the order of their (path, line) hash."""
+        if exclude:
+            scores = np.where(np.isin(ids, np.asarray(exclude, dtype=ids.dtype)), 0.0, scores)  # not the own file
+        keep = scores > 0.0
+        ids, scores = ids[keep], scores[keep]
+        if len(ids) > limit:  # only what can be consumed: the limit-th best score and up (its ties included)
+            kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]
+            keep = scores >= kth
+            ids, scores = ids[keep], scores[keep]
+        keys = np.frombuffer(self._win_key, dtype=np.int64)[ids]
+        order = np.lexsort((keys, -scores))[:limit]
+        return [int(i) for i in ids[order]]
+
+    def best(self, tokens: set[str], exclude: list[int], limit: int) -> list[int]:
+        """The `limit` windows most similar to the query's tokens, best first, none of `exclude`."""
+        scored = self.scores(tokens)
+        return [] if scored is None else self.ranked(*scored, exclude, limit)
