@@ -11,7 +11,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, BinaryIO, NoReturn
 
 from lsprotocol import types
@@ -175,6 +175,7 @@ class FimtuneServer(LanguageServer):
         self.index: WorkspaceIndex | None = None
         self.completer = Completer(self.host, None, defaults)
         self.inline_client = False  # the client renders inline completions (textDocument/completion stays quiet)
+        self.roots: list[str] = []  # the workspace folders initialize named, indexed once initialized
         self._client_log = _ClientLog(self)
         self._started = False
         self._closed = False
@@ -381,173 +382,199 @@ def watch_source_files(ls: FimtuneServer) -> None:
     ls.client_register_capability(types.RegistrationParams(registrations=[registration])).add_done_callback(done)
 
 
+# ---- the handlers: one thin function per LSP method ------------------------------------------------------
+
+
+def initialize(ls: FimtuneServer, params: types.InitializeParams) -> None:
+    ls.loop = asyncio.get_running_loop()
+    encoding = ls.workspace.position_encoding or "utf-16"
+    ls.documents.encoding = str(getattr(encoding, "value", encoding))
+    text_caps = params.capabilities.text_document
+    ls.inline_client = text_caps is not None and text_caps.inline_completion is not None
+    ls.roots = _roots(params)
+    ls.apply_settings(params.initialization_options, ls.defaults)
+    if params.process_id:
+        watch_client_process(ls, params.process_id)
+
+
+def initialized(ls: FimtuneServer, params: types.InitializedParams) -> None:
+    ls.start(ls.roots)
+    watch_source_files(ls)
+
+
+def shutdown(ls: FimtuneServer, params: None) -> None:
+    ls.close_components()
+
+
+def did_change_configuration(ls: FimtuneServer, params: types.DidChangeConfigurationParams) -> None:
+    section = settings_section(params.settings)
+    if section is not None:
+        ls.apply_settings(section, ls.settings)
+
+
+def did_change_folders(ls: FimtuneServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+    current = [uri_to_path(f.uri) for f in (ls.workspace.folders or {}).values()]
+    if ls.index is not None:
+        ls.index.set_roots(current)
+
+
+def did_change_watched_files(ls: FimtuneServer, params: types.DidChangeWatchedFilesParams) -> None:
+    if ls.index is not None:
+        for change in params.changes:
+            ls.index.on_disk(uri_to_path(change.uri), deleted=change.type == types.FileChangeType.Deleted)
+
+
+def did_open(ls: FimtuneServer, params: types.DidOpenTextDocumentParams) -> None:
+    item = params.text_document
+    doc = ls.documents.open(item.uri, item.text, item.version, item.language_id)
+    if ls.index is not None:
+        ls.index.opened(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
+
+
+def did_change(ls: FimtuneServer, params: types.DidChangeTextDocumentParams) -> None:
+    doc = ls.documents.get(params.text_document.uri)
+    if doc is None:
+        log.warning("change to %s, which is not open: ignored", params.text_document.uri)
+        return
+    try:
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                doc.apply(change.text, (r.start.line, r.start.character), (r.end.line, r.end.character))
+            else:
+                doc.apply(change.text)
+    except PositionError as e:
+        log.error("%s; the document is out of sync until the editor sends it again (reopen it)", e)
+    doc.version = params.text_document.version
+    if ls.index is not None:
+        ls.index.changed(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
+
+
+def did_save(ls: FimtuneServer, params: types.DidSaveTextDocumentParams) -> None:
+    doc = ls.documents.get(params.text_document.uri)
+    if doc is not None and ls.index is not None:
+        ls.index.refresh(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
+
+
+def did_close(ls: FimtuneServer, params: types.DidCloseTextDocumentParams) -> None:
+    doc = ls.documents.close(params.text_document.uri)
+    ls.completer.forget(params.text_document.uri)
+    if doc is not None and ls.index is not None:
+        ls.index.closed(doc.path, fimtune_language(doc.language_id, doc.path))
+
+
+async def inline_completion(ls: FimtuneServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+    cursor = ls.cursor(params.text_document.uri, params.position)
+    if cursor is None:
+        return types.InlineCompletionList(items=[])
+    invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    answer = await ls.completer.complete(cursor, debounce=not invoked)
+    if answer is None:
+        return types.InlineCompletionList(items=[])
+    at = params.position
+    item = types.InlineCompletionItem(
+        insert_text=answer.text, range=types.Range(start=at, end=at), command=_command(answer)
+    )
+    return types.InlineCompletionList(items=[item])
+
+
+async def completion(ls: FimtuneServer, params: types.CompletionParams) -> types.CompletionList | None:
+    if ls.inline_client:
+        return None  # the client shows the inline suggestion; a menu entry would repeat it
+    cursor = ls.cursor(params.text_document.uri, params.position)
+    if cursor is None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+    answer = await ls.completer.complete(cursor, debounce=not invoked)
+    if answer is None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    at = params.position
+    first = answer.text.strip().splitlines()[0] if answer.text.strip() else answer.text
+    item = types.CompletionItem(
+        label=first if len(first) <= 60 else first[:57] + "...",
+        kind=types.CompletionItemKind.Snippet,
+        detail="fimtune",
+        documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=answer.text),
+        sort_text="0",
+        filter_text="",
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=types.Range(start=at, end=at), new_text=answer.text),
+        command=_command(answer),
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def accepted(ls: FimtuneServer, *args: Any) -> None:
+    arg = _plain(args[0]) if args else None
+    suggestion = arg.get("id") if isinstance(arg, dict) else None
+    if not isinstance(suggestion, str):
+        raise JsonRpcInvalidParams(f'{ACCEPTED} takes one argument {{"id": "<suggestion id>"}}, not {args!r}')
+    ls.completer.accepted(suggestion)
+
+
+async def prompt(ls: FimtuneServer, params: Any) -> dict[str, Any]:
+    try:
+        where = ls.protocol._converter.structure(_plain(params), types.TextDocumentPositionParams)
+    except Exception:
+        raise JsonRpcInvalidParams(
+            f"{PROMPT} takes {{textDocument: {{uri}}, position: {{line, character}}}}, not {_plain(params)!r}"
+        ) from None
+    uri, position = where.text_document.uri, where.position
+    doc = ls.document(uri)
+    try:
+        index = doc.offset(position.line, position.character)
+    except PositionError as e:
+        raise JsonRpcInvalidParams(str(e)) from None
+    cursor = Cursor(uri, doc.path, doc.language_id, doc.text, index, doc.crlf)
+    try:
+        return await ls.completer.prompt(cursor)
+    except (EngineError, FimFormatError) as e:
+        raise JsonRpcException(str(e)) from None
+
+
+def status(ls: FimtuneServer, params: Any) -> dict[str, str]:
+    return dict(ls.host.status)
+
+
+def stats(ls: FimtuneServer, params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = dict(ls.completer.snapshot())
+    out["documents"] = len(ls.documents)
+    out["handlers_in_flight"] = len(ls.protocol._request_futures)  # this request's own among them
+    out["index"] = ls.index.stats() if ls.index is not None else {}
+    out["status"] = dict(ls.host.status)
+    options = _plain(params)
+    out["timings_ms"] = ls.completer.timings(reset=isinstance(options, dict) and bool(options.get("reset")))
+    return out
+
+
+# The LSP methods served, each by the thin function above: (method, handler, registration options).
+FEATURES: tuple[tuple[str, Callable[..., Any], Any], ...] = (
+    (types.INITIALIZE, initialize, None),
+    (types.INITIALIZED, initialized, None),
+    (types.SHUTDOWN, shutdown, None),
+    (types.WORKSPACE_DID_CHANGE_CONFIGURATION, did_change_configuration, None),
+    (types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS, did_change_folders, None),
+    (types.WORKSPACE_DID_CHANGE_WATCHED_FILES, did_change_watched_files, None),
+    (types.TEXT_DOCUMENT_DID_OPEN, did_open, None),
+    (types.TEXT_DOCUMENT_DID_CHANGE, did_change, None),
+    (types.TEXT_DOCUMENT_DID_SAVE, did_save, types.SaveOptions(include_text=False)),
+    (types.TEXT_DOCUMENT_DID_CLOSE, did_close, None),
+    (types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_completion, types.InlineCompletionOptions()),
+    (types.TEXT_DOCUMENT_COMPLETION, completion, types.CompletionOptions()),
+    (PROMPT, prompt, None),
+    (STATUS, status, None),
+    (STATS, stats, None),
+)
+COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = ((ACCEPTED, accepted),)
+
+
 def create_server(defaults: Settings | None = None) -> FimtuneServer:
     """A server whose settings start from `defaults` (the command line's); clients override them."""
     server = FimtuneServer(defaults or Settings())
-    roots: list[str] = []
-
-    @server.feature(types.INITIALIZE)
-    def initialize(ls: FimtuneServer, params: types.InitializeParams) -> None:
-        ls.loop = asyncio.get_running_loop()
-        encoding = ls.workspace.position_encoding or "utf-16"
-        ls.documents.encoding = str(getattr(encoding, "value", encoding))
-        text_caps = params.capabilities.text_document
-        ls.inline_client = text_caps is not None and text_caps.inline_completion is not None
-        roots[:] = _roots(params)
-        ls.apply_settings(params.initialization_options, ls.defaults)
-        if params.process_id:
-            watch_client_process(ls, params.process_id)
-
-    @server.feature(types.INITIALIZED)
-    def initialized(ls: FimtuneServer, params: types.InitializedParams) -> None:
-        ls.start(roots)
-        watch_source_files(ls)
-
-    @server.feature(types.SHUTDOWN)
-    def shutdown(ls: FimtuneServer, params: None) -> None:
-        ls.close_components()
-
-    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    def did_change_configuration(ls: FimtuneServer, params: types.DidChangeConfigurationParams) -> None:
-        section = settings_section(params.settings)
-        if section is not None:
-            ls.apply_settings(section, ls.settings)
-
-    @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
-    def did_change_folders(ls: FimtuneServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
-        current = [uri_to_path(f.uri) for f in (ls.workspace.folders or {}).values()]
-        if ls.index is not None:
-            ls.index.set_roots(current)
-
-    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
-    def did_change_watched_files(ls: FimtuneServer, params: types.DidChangeWatchedFilesParams) -> None:
-        if ls.index is not None:
-            for change in params.changes:
-                ls.index.on_disk(uri_to_path(change.uri), deleted=change.type == types.FileChangeType.Deleted)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls: FimtuneServer, params: types.DidOpenTextDocumentParams) -> None:
-        item = params.text_document
-        doc = ls.documents.open(item.uri, item.text, item.version, item.language_id)
-        if ls.index is not None:
-            ls.index.opened(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
-    def did_change(ls: FimtuneServer, params: types.DidChangeTextDocumentParams) -> None:
-        doc = ls.documents.get(params.text_document.uri)
-        if doc is None:
-            log.warning("change to %s, which is not open: ignored", params.text_document.uri)
-            return
-        try:
-            for change in params.content_changes:
-                if isinstance(change, types.TextDocumentContentChangePartial):
-                    r = change.range
-                    doc.apply(change.text, (r.start.line, r.start.character), (r.end.line, r.end.character))
-                else:
-                    doc.apply(change.text)
-        except PositionError as e:
-            log.error("%s; the document is out of sync until the editor sends it again (reopen it)", e)
-        doc.version = params.text_document.version
-        if ls.index is not None:
-            ls.index.changed(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
-    def did_save(ls: FimtuneServer, params: types.DidSaveTextDocumentParams) -> None:
-        doc = ls.documents.get(params.text_document.uri)
-        if doc is not None and ls.index is not None:
-            ls.index.refresh(doc.path, fimtune_language(doc.language_id, doc.path), doc.text)
-
-    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
-    def did_close(ls: FimtuneServer, params: types.DidCloseTextDocumentParams) -> None:
-        doc = ls.documents.close(params.text_document.uri)
-        ls.completer.forget(params.text_document.uri)
-        if doc is not None and ls.index is not None:
-            ls.index.closed(doc.path, fimtune_language(doc.language_id, doc.path))
-
-    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-    async def inline_completion(ls: FimtuneServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        cursor = ls.cursor(params.text_document.uri, params.position)
-        if cursor is None:
-            return types.InlineCompletionList(items=[])
-        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        answer = await ls.completer.complete(cursor, debounce=not invoked)
-        if answer is None:
-            return types.InlineCompletionList(items=[])
-        at = params.position
-        item = types.InlineCompletionItem(
-            insert_text=answer.text, range=types.Range(start=at, end=at), command=_command(answer)
-        )
-        return types.InlineCompletionList(items=[item])
-
-    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
-    async def completion(ls: FimtuneServer, params: types.CompletionParams) -> types.CompletionList | None:
-        if ls.inline_client:
-            return None  # the client shows the inline suggestion; a menu entry would repeat it
-        cursor = ls.cursor(params.text_document.uri, params.position)
-        if cursor is None:
-            return types.CompletionList(is_incomplete=True, items=[])
-        invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        answer = await ls.completer.complete(cursor, debounce=not invoked)
-        if answer is None:
-            return types.CompletionList(is_incomplete=True, items=[])
-        at = params.position
-        first = answer.text.strip().splitlines()[0] if answer.text.strip() else answer.text
-        item = types.CompletionItem(
-            label=first if len(first) <= 60 else first[:57] + "...",
-            kind=types.CompletionItemKind.Snippet,
-            detail="fimtune",
-            documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=answer.text),
-            sort_text="0",
-            filter_text="",
-            insert_text_format=types.InsertTextFormat.PlainText,
-            text_edit=types.TextEdit(range=types.Range(start=at, end=at), new_text=answer.text),
-            command=_command(answer),
-        )
-        return types.CompletionList(is_incomplete=True, items=[item])
-
-    @server.command(ACCEPTED)
-    def accepted(ls: FimtuneServer, *args: Any) -> None:
-        arg = _plain(args[0]) if args else None
-        suggestion = arg.get("id") if isinstance(arg, dict) else None
-        if not isinstance(suggestion, str):
-            raise JsonRpcInvalidParams(f'{ACCEPTED} takes one argument {{"id": "<suggestion id>"}}, not {args!r}')
-        ls.completer.accepted(suggestion)
-
-    @server.feature(PROMPT)
-    async def prompt(ls: FimtuneServer, params: Any) -> dict[str, Any]:
-        try:
-            where = ls.protocol._converter.structure(_plain(params), types.TextDocumentPositionParams)
-        except Exception:
-            raise JsonRpcInvalidParams(
-                f"{PROMPT} takes {{textDocument: {{uri}}, position: {{line, character}}}}, not {_plain(params)!r}"
-            ) from None
-        uri, position = where.text_document.uri, where.position
-        doc = ls.document(uri)
-        try:
-            index = doc.offset(position.line, position.character)
-        except PositionError as e:
-            raise JsonRpcInvalidParams(str(e)) from None
-        cursor = Cursor(uri, doc.path, doc.language_id, doc.text, index, doc.crlf)
-        try:
-            return await ls.completer.prompt(cursor)
-        except (EngineError, FimFormatError) as e:
-            raise JsonRpcException(str(e)) from None
-
-    @server.feature(STATUS)
-    def status(ls: FimtuneServer, params: Any) -> dict[str, str]:
-        return dict(ls.host.status)
-
-    @server.feature(STATS)
-    def stats(ls: FimtuneServer, params: Any) -> dict[str, Any]:
-        out: dict[str, Any] = dict(ls.completer.snapshot())
-        out["documents"] = len(ls.documents)
-        out["handlers_in_flight"] = len(ls.protocol._request_futures)  # this request's own among them
-        out["index"] = ls.index.stats() if ls.index is not None else {}
-        out["status"] = dict(ls.host.status)
-        options = _plain(params)
-        out["timings_ms"] = ls.completer.timings(reset=isinstance(options, dict) and bool(options.get("reset")))
-        return out
-
+    for method, handler, options in FEATURES:
+        server.feature(method, options)(handler)
+    for name, command in COMMANDS:
+        server.command(name)(command)
     return server
 
 
