@@ -21,8 +21,9 @@ from trl import SFTConfig, SFTTrainer
 
 from fimtune import CORPUS_FORMAT_VERSION, __version__
 from fimtune.config import to_dict
-from fimtune.fim_format import FORMAT_VERSION, FimFormatError
+from fimtune.fim_format import FORMAT_VERSION, FimFormatError, FimTemplate
 from fimtune.models import (
+    LoadedModel,
     ModelError,
     check_vocab_fits,
     context_limit,
@@ -196,24 +197,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     corpus = load_corpus(cfg.corpus)
 
     # 2. Base model's tokenizer and template: never add tokens to it.
-    base_path = resolve_base_model(cfg.base_model)
-    limit = context_limit(base_path)
-    cfg.seq_len = cfg.resolved_seq_len(limit)
-    cfg.validate()  # again, with the row length known
-    if limit is not None and cfg.seq_len > limit:
-        raise TrainError(
-            f"--seq-len {cfg.seq_len} is longer than base model {cfg.base_model} takes ({limit} tokens, "
-            f"{base_path / 'config.json'}); use --seq-len {limit} or less"
-        )
-    tokenizer = load_tokenizer(base_path)
-    model_type = model_type_of(base_path)
-    try:
-        template = resolve_prompt(base_model=base_path, template=cfg.template, tokenizer=tokenizer).template
-    except FimFormatError as e:
-        raise TrainError(str(e)) from None
-    if tokenizer.pad_token is None:  # an existing token, never a new one
-        tokenizer.pad_token = template.pad or tokenizer.eos_token or template.end
-    log.info("template %s (%s)%s", template.name, template.family, " detected" if cfg.template == "auto" else "")
+    base_path, tokenizer, template = _base_and_template(cfg)
 
     # 3. Data: rendered through the shared prompt layer, labels on the middle and the end token only.
     budgets = cfg.budgets()
@@ -229,7 +213,87 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     if not has_eval:
         log.warning("corpus %s has no test examples: no evaluation loss, the last checkpoint is kept", corpus.folder)
 
-    # 4. Model: dtype, quantization, attention; LoRA is added by the trainer.
+    # 4-5. Model (dtype, quantization, attention) and TRL's SFTTrainer, which adds LoRA.
+    setup = _trainer(cfg, out, base_path, tokenizer, train_cols, eval_cols if has_eval else None, callbacks)
+    trainer = setup.trainer
+
+    # 6. Train.
+    result = _fit(trainer, cfg, out, resume_from)
+
+    # 7. Save: the PEFT adapter (best checkpoint when there is an eval split), metadata, report.
+    trainer.save_model(str(out))
+    render_stats = {"train": train_stats.to_dict(), "test": eval_stats.to_dict()}
+    report = _report(setup, out, float(result.metrics.get("train_runtime", 0.0)), started, render_stats)
+    meta = RunMeta(
+        base_model=cfg.base_model,
+        template=template.name,
+        fim_format_version=FORMAT_VERSION,
+        budgets=budgets.to_dict(),
+        context=dict(corpus.manifest.get("config", {}).get("context", {})),
+        seq_len=cfg.seq_len,
+        corpus=str(corpus.folder),
+        corpus_manifest_sha256=corpus.manifest_sha256,
+        corpus_format_version=CORPUS_FORMAT_VERSION,
+        base_model_path=str(base_path),
+        model_type=model_type_of(base_path),
+        train=to_dict(cfg),
+        fimtune_version=__version__,
+    )  # what eval and serve read back: the prompt choices this adapter was trained with
+    merged: Path | None = None
+    if trainer.is_world_process_zero():
+        if cfg.merge:
+            merged = merge_adapter(base_path, out, out / MERGED, tokenizer)
+            meta.merged = MERGED
+        write_run_meta(out, meta)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(out=out, adapter=out / "adapter_model.safetensors", report=report, meta=meta, merged=merged)
+
+
+def _base_and_template(cfg: TrainConfig) -> tuple[Path, Any, FimTemplate]:
+    """The base model's folder, its tokenizer (a pad token set from its own vocabulary) and the template; the row
+    length resolved against the base's context limit."""
+    base_path = resolve_base_model(cfg.base_model)
+    limit = context_limit(base_path)
+    cfg.seq_len = cfg.resolved_seq_len(limit)
+    cfg.validate()  # again, with the row length known
+    if limit is not None and cfg.seq_len > limit:
+        raise TrainError(
+            f"--seq-len {cfg.seq_len} is longer than base model {cfg.base_model} takes ({limit} tokens, "
+            f"{base_path / 'config.json'}); use --seq-len {limit} or less"
+        )
+    tokenizer = load_tokenizer(base_path)
+    try:
+        template = resolve_prompt(base_model=base_path, template=cfg.template, tokenizer=tokenizer).template
+    except FimFormatError as e:
+        raise TrainError(str(e)) from None
+    if tokenizer.pad_token is None:  # an existing token, never a new one
+        tokenizer.pad_token = template.pad or tokenizer.eos_token or template.end
+    log.info("template %s (%s)%s", template.name, template.family, " detected" if cfg.template == "auto" else "")
+    return base_path, tokenizer, template
+
+
+@dataclass
+class _Setup:
+    trainer: SFTTrainer
+    guard: Guard
+    meter: TokenMeter
+    loaded: LoadedModel
+    args: SFTConfig
+    compute: str
+    packed: bool
+
+
+def _trainer(
+    cfg: TrainConfig,
+    out: Path,
+    base_path: Path,
+    tokenizer: Any,
+    train_cols: dict[str, list[Any]],
+    eval_cols: dict[str, list[Any]] | None,
+    callbacks: Sequence[TrainerCallback],
+) -> _Setup:
+    """The base model loaded for training and TRL's SFTTrainer around it: packed (padding-free, position ids)
+    or grouped by length, LoRA added, tokens metered, the run guarded against a non-finite loss."""
     on_gpu = torch.cuda.is_available()
     attention = pick_attention(cfg.attention, on_gpu)
     packed = padding_free(cfg, attention)
@@ -237,7 +301,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
         compute = resolve_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
     except ModelError as e:
         raise TrainError(str(e)) from None
-    args = sft_config(cfg, out, on_gpu, has_eval, packed, bf16=compute == "bf16")
+    args = sft_config(cfg, out, on_gpu, eval_cols is not None, packed, bf16=compute == "bf16")
     loaded = load_base_model(
         base_path,
         quantize=cfg.quantize,
@@ -247,15 +311,13 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
         compute=compute,
     )
     check_vocab_fits(loaded.model, tokenizer)
-
-    # 5. Trainer: TRL's SFTTrainer packs (padding-free, position ids) or groups by length.
     ref: dict[str, Any] = {}
     guard = Guard(ref)
     trainer = SFTTrainer(
         model=loaded.model,
         args=args,
         train_dataset=to_dataset(train_cols),
-        eval_dataset=to_dataset(eval_cols) if has_eval else None,
+        eval_dataset=to_dataset(eval_cols) if eval_cols is not None else None,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora),
         callbacks=[guard, *callbacks],
@@ -263,30 +325,20 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     meter = TokenMeter(trainer.data_collator)
     trainer.data_collator = meter
     ref.update(trainer=trainer, meter=meter)
+    return _Setup(trainer, guard, meter, loaded, args, compute, packed)
+
+
+def _report(setup: _Setup, out: Path, runtime_s: float, started: float, render: dict[str, Any]) -> dict[str, Any]:
+    """train_report.json: steps, loss curves, throughput, memory, and how the model was run."""
+    trainer, guard, meter, loaded, args = setup.trainer, setup.guard, setup.meter, setup.loaded, setup.args
     peft_model: Any = trainer.model
     trainable, total = peft_model.get_nb_trainable_parameters()
-
-    # 6. Train.
-    try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise TrainError(
-            f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; try --quantize 4bit, "
-            "a shorter --seq-len, fewer --batch-tokens (with more --grad-accum) or --gradient-checkpointing; "
-            f"checkpoints written so far are in {out / CHECKPOINTS}"
-        ) from None
-    except NonFiniteLoss as e:
-        raise TrainError(
-            f"{e}; lower --lr (now {cfg.lr}) or check the data; checkpoints written so far are in {out / CHECKPOINTS}"
-        ) from None
-
-    # 7. Save: the PEFT adapter (best checkpoint when there is an eval split), metadata, report.
-    trainer.save_model(str(out))
+    on_gpu = torch.cuda.is_available()
     state = trainer.state
-    seconds = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
+    seconds = runtime_s or 1e-9
     tokens = state.num_input_tokens_seen - guard.start_tokens
     peak, peak_kind = peak_memory_mib(on_gpu)
-    report: dict[str, Any] = {
+    return {
         "steps": state.global_step,
         "start_step": guard.start_step,
         "epochs": round(state.epoch or 0.0, 4),
@@ -305,37 +357,30 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
         "device": loaded.device,
         "world_size": args.world_size,
         "dtype": loaded.dtype,
-        "autocast": "bf16" if compute == "bf16" else None,
+        "autocast": "bf16" if setup.compute == "bf16" else None,
         "attention": loaded.attention,
         "quantize": loaded.quantize,
-        "packing": "padding-free (position ids)" if packed else "length-grouped padded batches",
+        "packing": "padding-free (position ids)" if setup.packed else "length-grouped padded batches",
         "trainable_params": trainable,
         "total_params": total,
-        "render": {"train": train_stats.to_dict(), "test": eval_stats.to_dict()},
+        "render": render,
     }
-    meta = RunMeta(
-        base_model=cfg.base_model,
-        template=template.name,
-        fim_format_version=FORMAT_VERSION,
-        budgets=budgets.to_dict(),
-        context=dict(corpus.manifest.get("config", {}).get("context", {})),
-        seq_len=cfg.seq_len,
-        corpus=str(corpus.folder),
-        corpus_manifest_sha256=corpus.manifest_sha256,
-        corpus_format_version=CORPUS_FORMAT_VERSION,
-        base_model_path=str(base_path),
-        model_type=model_type,
-        train=to_dict(cfg),
-        fimtune_version=__version__,
-    )
-    merged: Path | None = None
-    if trainer.is_world_process_zero():
-        if cfg.merge:
-            merged = merge_adapter(base_path, out, out / MERGED, tokenizer)
-            meta.merged = MERGED
-        write_run_meta(out, meta)
-        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return TrainResult(out=out, adapter=out / "adapter_model.safetensors", report=report, meta=meta, merged=merged)
+
+
+def _fit(trainer: SFTTrainer, cfg: TrainConfig, out: Path, resume_from: str | None) -> Any:
+    """trainer.train, with the failures a user can act on as one-line TrainErrors."""
+    try:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise TrainError(
+            f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; try --quantize 4bit, "
+            "a shorter --seq-len, fewer --batch-tokens (with more --grad-accum) or --gradient-checkpointing; "
+            f"checkpoints written so far are in {out / CHECKPOINTS}"
+        ) from None
+    except NonFiniteLoss as e:
+        raise TrainError(
+            f"{e}; lower --lr (now {cfg.lr}) or check the data; checkpoints written so far are in {out / CHECKPOINTS}"
+        ) from None
 
 
 def merge_adapter(base_path: Path, adapter: Path, dest: Path, tokenizer: Any) -> Path:
