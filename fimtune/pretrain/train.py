@@ -427,65 +427,22 @@ def init_provenance(folder: str) -> dict[str, Any] | None:
 # The recipe
 
 
-def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> PretrainResult:
-    """Run `fimtune pretrain`; returns the model folder and the report. Raises PretrainError on bad input."""
-    started = time.perf_counter()
-    cfg, out, resume_from = _start(cfg)
-    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
-    preset = get_preset(cfg.preset)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    template = TEMPLATES[TEMPLATE]
-    model_dir = out / MODEL
-
-    # 1. Data and tokenizer (built once per run folder; a resumed run reads them back).
-    data = out / DATA
-    if not (data / "heldout.npy").exists():
-        manifest = prepare_data(cfg, preset, out)
-    else:
-        manifest = json.loads((data / DATA_MANIFEST).read_text(encoding="utf-8"))
-    train_rows = np.load(data / "train.npy")
-    held_rows = np.load(data / "heldout.npy")
-    tokenizer = load_tokenizer(model_dir)
-    tokenizer.pad_token = template.pad
-    vocab = len(tokenizer)
-    end_id, pad_id = (vocab_id(tokenizer, t) for t in (template.end, template.pad or template.end))
-
-    # 2. Model from the preset, weights from the seed; bf16 autocast (fp32 master weights) where the device has it.
-    on_gpu = torch.cuda.is_available()
+def _model(cfg: PretrainConfig, preset: Preset, vocab: int, end_id: int, pad_id: int) -> tuple[Any, str]:
+    """The preset's Llama (seeded weights, or those of --init-from) and the compute dtype."""
     try:
-        dtype = resolve_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
+        dtype = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
     except ModelError as e:
         raise PretrainError(str(e)) from None
     torch.manual_seed(cfg.seed)
     config = llama_config(preset, vocab, end_id, pad_id, seq_len=cfg.seq_len)
     model = LlamaForCausalLM(config) if not cfg.init_from else warm_start(Path(cfg.init_from), config)
-    params = sum(p.numel() for p in model.parameters())
-    log.info("model: preset %s, %.2fM parameters, vocab %d, %s", preset.name, params / 1e6, vocab, dtype)
-    if cfg.train_minutes and resume_from is None:  # sized once: a resumed run keeps its schedule
-        cfg.max_steps, step_s = probe_max_steps(model, train_rows, cfg, bf16=dtype == "bf16")
-        (out / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
-        log.info("schedule: %d steps of %.2fs fit the training time asked for", cfg.max_steps, step_s)
+    return model, dtype
 
-    # 3. Trainer: fimtune train's settings; full training on every token of fixed-length rows.
-    args = pretrain_args(cfg, out, bf16=dtype == "bf16")
-    ref: dict[str, Any] = {}
-    guard = Guard(ref)
-    stopper = _Deadline(deadline, eval_s=0.0)
-    trainer = pretrain_trainer(model, args, train_rows, held_rows, tokenizer, [guard, stopper, *(callbacks or [])])
-    meter = TokenMeter(trainer.data_collator)
-    trainer.data_collator = meter
-    ref.update(trainer=trainer, meter=meter)
 
-    # 4. Held-out loss before any training (a fresh run), which also times one evaluation for the deadline.
-    initial_path = out / INITIAL_EVAL
-    if resume_from is None:
-        initial_path.write_text(json.dumps(trainer.evaluate(), indent=2) + "\n", encoding="utf-8")
-    stopper.eval_s = float(json.loads(initial_path.read_text(encoding="utf-8")).get("eval_runtime", 0.0))
-
-    # 5. Train.
+def _fit(trainer: Any, cfg: PretrainConfig, out: Path, resume_from: str | None) -> Any:
+    """trainer.train, with the failures a user can act on as one-line PretrainErrors."""
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        return trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError:
         raise PretrainError(
             f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; lower --batch-tokens "
@@ -494,21 +451,32 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     except NonFiniteLoss as e:
         raise PretrainError(f"{e}; lower --lr (now {cfg.lr}); checkpoints so far are in {out / CHECKPOINTS}") from None
 
-    # 6. Save the model (preset dtype, shards), its provenance, the curves and the report.
+
+def _report(
+    trainer: Any,
+    result: Any,
+    guard: Guard,
+    stopper: _Deadline,
+    cfg: PretrainConfig,
+    run: dict[str, Any],
+    curves: dict[str, Any],
+    tokens_per_step: int,
+    manifest: dict[str, Any],
+    files: Any,
+) -> dict[str, Any]:
+    """pretrain_report.json: steps, throughput, MFU, losses, memory, data; `run` holds the preset, the parameter
+    and vocabulary counts, the compute dtype and the start time."""
+    preset, params, vocab, dtype, started = (run[k] for k in ("preset", "params", "vocab", "dtype", "started"))
+    on_gpu = torch.cuda.is_available()
     state = trainer.state
     seconds = float(result.metrics.get("train_runtime", 0.0)) or 1e-9
-    tokens_per_step = cfg.rows_per_batch * cfg.seq_len * cfg.grad_accum * args.world_size
     call_tokens = state.num_input_tokens_seen - guard.start_tokens
     tps = call_tokens / seconds
     fpt = flops_per_token(preset, params, vocab, cfg.seq_len)
     peak = _peak_flops()
-    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
-    curves = _curves(state.log_history, initial, tokens_per_step)
     finished = state.global_step >= cfg.max_steps
-    files = save_model(trainer.model, model_dir, preset, end_id, pad_id)
-    shutil.copyfile(data / DATA_MANIFEST, model_dir / DATA_MANIFEST)
     peak_mem, peak_kind = peak_memory_mib(on_gpu)
-    report: dict[str, Any] = {
+    return {
         "preset": preset.name,
         "params": params,
         "vocab_size": vocab,
@@ -537,10 +505,16 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
         "data": {"totals": manifest["totals"], "tokens": manifest["tokens"], "heldout": manifest["heldout"]},
         "model_files": files,
     }
+
+
+def _write_provenance(
+    model_dir: Path, cfg: PretrainConfig, preset: Preset, report: dict[str, Any], manifest: dict[str, Any]
+) -> None:
+    """fimtune_preset.json beside the weights: what the model is, how long it trained, on what data."""
     provenance = {
         "preset": preset.to_dict(),
         "template": TEMPLATE,
-        "params": params,
+        "params": report["params"],
         "trained": {k: report[k] for k in ("steps", "max_steps", "finished", "tokens_seen")},
         "heldout_loss": {"start": report["heldout_loss_start"], "end": report["heldout_loss_end"]},
         "heldout_packages": manifest["heldout"],
@@ -551,6 +525,69 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
         "fimtune_version": __version__,
     }
     (model_dir / PRESET_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+
+
+def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> PretrainResult:
+    """Run `fimtune pretrain`; returns the model folder and the report. Raises PretrainError on bad input."""
+    started = time.perf_counter()
+    cfg, out, resume_from = _start(cfg)
+    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
+    preset = get_preset(cfg.preset)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    template = TEMPLATES[TEMPLATE]
+    model_dir = out / MODEL
+
+    # 1. Data and tokenizer (built once per run folder; a resumed run reads them back).
+    data = out / DATA
+    if not (data / "heldout.npy").exists():
+        manifest = prepare_data(cfg, preset, out)
+    else:
+        manifest = json.loads((data / DATA_MANIFEST).read_text(encoding="utf-8"))
+    train_rows = np.load(data / "train.npy")
+    held_rows = np.load(data / "heldout.npy")
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.pad_token = template.pad
+    vocab = len(tokenizer)
+    end_id, pad_id = (vocab_id(tokenizer, t) for t in (template.end, template.pad or template.end))
+
+    # 2. Model from the preset, weights from the seed; bf16 autocast (fp32 master weights) where the device has it.
+    model, dtype = _model(cfg, preset, vocab, end_id, pad_id)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("model: preset %s, %.2fM parameters, vocab %d, %s", preset.name, params / 1e6, vocab, dtype)
+    if cfg.train_minutes and resume_from is None:  # sized once: a resumed run keeps its schedule
+        cfg.max_steps, step_s = probe_max_steps(model, train_rows, cfg, bf16=dtype == "bf16")
+        (out / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+        log.info("schedule: %d steps of %.2fs fit the training time asked for", cfg.max_steps, step_s)
+
+    # 3. Trainer: fimtune train's settings; full training on every token of fixed-length rows.
+    args = pretrain_args(cfg, out, bf16=dtype == "bf16")
+    ref: dict[str, Any] = {}
+    guard = Guard(ref)
+    stopper = _Deadline(deadline, eval_s=0.0)
+    trainer = pretrain_trainer(model, args, train_rows, held_rows, tokenizer, [guard, stopper, *(callbacks or [])])
+    meter = TokenMeter(trainer.data_collator)
+    trainer.data_collator = meter
+    ref.update(trainer=trainer, meter=meter)
+
+    # 4. Held-out loss before any training (a fresh run), which also times one evaluation for the deadline.
+    initial_path = out / INITIAL_EVAL
+    if resume_from is None:
+        initial_path.write_text(json.dumps(trainer.evaluate(), indent=2) + "\n", encoding="utf-8")
+    stopper.eval_s = float(json.loads(initial_path.read_text(encoding="utf-8")).get("eval_runtime", 0.0))
+
+    # 5. Train.
+    result = _fit(trainer, cfg, out, resume_from)
+
+    # 6. Save the model (preset dtype, shards), its provenance, the curves and the report.
+    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
+    tokens_per_step = cfg.rows_per_batch * cfg.seq_len * cfg.grad_accum * args.world_size
+    curves = _curves(trainer.state.log_history, initial, tokens_per_step)
+    files = save_model(trainer.model, model_dir, preset, end_id, pad_id)
+    shutil.copyfile(data / DATA_MANIFEST, model_dir / DATA_MANIFEST)
+    run = {"preset": preset, "params": params, "vocab": vocab, "dtype": dtype, "started": started}
+    report = _report(trainer, result, guard, stopper, cfg, run, curves, tokens_per_step, manifest, files)
+    _write_provenance(model_dir, cfg, preset, report, manifest)
     write_curves(out, curves, f"fimtune pretrain --preset {preset.name} ({params / 1e6:.1f}M parameters)")
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return PretrainResult(out=out, model=model_dir, report=report)
