@@ -323,12 +323,13 @@ def main() -> None:
         help="index every file the walk yields, also those the content filters drop (generated, minified)",
     )
     ap.add_argument("--skip-corpus", action="store_true", help="do not run the two corpus builds")
+    ap.add_argument("--max-postings", type=int, default=None, help="context.max_postings (default: the default)")
     ap.add_argument("--out", type=Path, help="also write the results as Markdown here")
     args = ap.parse_args()
     root = (args.source or default_source()).resolve()
     build_root = (args.build_source or root).resolve()
     load_start = os.getloadavg()[0]
-    cfg = ContextConfig()
+    cfg = ContextConfig() if args.max_postings is None else ContextConfig(max_postings=args.max_postings)
 
     builds = [] if args.skip_corpus else corpus_builds(build_root)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+import random
 from hashlib import blake2b
 
 import pytest
@@ -518,6 +519,37 @@ def test_window_scores_are_bm25(max_postings: int) -> None:
     assert got == pytest.approx(expected, rel=1e-5)
     assert max(expected.values()) > 0
     assert index.store.scores({"no_such_token"}) is None
+
+
+def test_best_windows_agree_with_ranking_all_scores() -> None:
+    """`best` ranks on dense scores when postings are many (no list of every hit first) and on the windows the
+    postings name when few; either way the same windows in the same order as ranking every scored window."""
+    rng = random.Random(0)
+    words = [f"name_{i}" for i in range(40)]
+    files = {
+        f"pkg/mod_{f}.py": "\n".join(
+            f"def f_{f}_{k}(x):\n    return {' + '.join(rng.choices(words, k=3))}" for k in range(30)
+        )
+        for f in range(30)
+    }
+    index = repo(files, ContextConfig())
+    store = index.store
+    dense_seen = sparse_seen = 0
+    for trial in range(200):
+        if trial % 4 == 0:  # defined names: each in one window or two
+            tokens = {f"f_{rng.randrange(30)}_{rng.randrange(30)}" for _ in range(rng.choice([1, 3]))}
+        else:
+            tokens = set(rng.sample(words, rng.choice([1, 2, 6]))) | ({"def", "return", "x"} if trial % 3 else set())
+        w = store._postings(tokens)
+        assert w is not None
+        dense_seen += not store._sparse(w[0])
+        sparse_seen += store._sparse(w[0])
+        own = index._files[f"pkg/mod_{trial % 30}.py"].wids if trial % 2 else []
+        limit = rng.choice([1, 5, 40, 10_000])
+        scored = store.scores(tokens)
+        assert scored is not None
+        assert store.best(tokens, own, limit) == store.ranked(*scored, own, limit)
+    assert dense_seen and sparse_seen  # both paths were taken
 
 
 def test_unindexed_buffer_uses_its_live_imports() -> None:

@@ -155,9 +155,9 @@ class WindowStore:
 
     # ---- queries -------------------------------------------------------------------------------------------
 
-    def scores(self, tokens: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(window ids, their BM25 scores) of the windows holding any of the query's tokens, ids ascending;
-        None when no token is indexed."""
+    def _postings(self, tokens: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(window ids, BM25 term weights times idf) of every posting of the query's chosen tokens, rarest token
+        first, up to max_postings; None when no token is indexed."""
         n = self._n_windows
         if n == 0:
             return None
@@ -184,13 +184,25 @@ class WindowStore:
         w = np.frombuffer(b"".join([post_w[t] for t in chosen]), dtype=np.int32)
         v = np.frombuffer(b"".join([self._post_v[t] for t in chosen]), dtype=np.float32)
         df_arr = np.asarray(dfs, dtype=np.float32)
-        v = v * np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
-        if 8 * len(w) < len(self._win_path):  # few postings: sum over the windows they name
+        return w, v * np.repeat(np.log1p((n - df_arr + 0.5) / (df_arr + 0.5)), dfs)
+
+    def _sparse(self, w: np.ndarray) -> bool:
+        """Few postings: sum over the windows they name, not over every window id."""
+        return 8 * len(w) < len(self._win_path)
+
+    def scores(self, tokens: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(window ids, their BM25 scores) of the windows holding any of the query's tokens, ids ascending;
+        None when no token is indexed."""
+        got = self._postings(tokens)
+        if got is None:
+            return None
+        w, v = got
+        if self._sparse(w):
             ids, where = np.unique(w, return_inverse=True)
             return ids, np.bincount(where, weights=v, minlength=len(ids))
-        scores = np.bincount(w, weights=v, minlength=len(self._win_path))
-        hit = np.flatnonzero(scores)
-        return hit, scores[hit]
+        dense = np.bincount(w, weights=v, minlength=len(self._win_path))
+        hit = np.flatnonzero(dense > 0.0)  # every score of a posting is positive (idf > 0)
+        return hit, dense[hit]
 
     def ranked(self, ids: np.ndarray, scores: np.ndarray, exclude: list[int], limit: int) -> list[int]:
         """The `limit` best window ids, best first; equal scores in the order of their (path, line) hash."""
