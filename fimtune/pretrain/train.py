@@ -31,7 +31,7 @@ from fimtune.pretrain.tokenizer import capped, train_bpe
 from fimtune.tokenizer import save_tokenizer
 from fimtune.train.config import TrainConfig
 from fimtune.train.data import TokenMeter, to_dataset
-from fimtune.train.sft import CHECKPOINTS, Guard, NonFiniteLoss, peak_memory_mib, sft_config
+from fimtune.train.sft import CHECKPOINTS, Guard, fit, peak_memory_mib, sft_config
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,8 @@ class _Deadline(TrainerCallback):
 # Data
 
 
-def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, Any]:
-    """Collect sources, train the tokenizer (saved into <out>/model), build FIM sequences and pack rows into
-    <out>/data/{train,heldout}.npy; returns the data manifest (also written to <out>/data/data_manifest.json)."""
-    template = TEMPLATES[TEMPLATE]
-    started = time.perf_counter()
-    sources = cfg.sources or default_sources()
+def _collect(cfg: PretrainConfig, sources: list[Any], template: Any) -> tuple[Any, dict[str, Any]]:
+    """The permissively licensed sources, split into train and held-out packages, and their manifest."""
     try:
         collected = collect(
             sources,
@@ -139,6 +135,16 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
         ", ".join(manifest["heldout"]),
         totals["packages_skipped"],
     )
+    return collected, manifest
+
+
+def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, Any]:
+    """Collect sources, train the tokenizer (saved into <out>/model), build FIM sequences and pack rows into
+    <out>/data/{train,heldout}.npy; returns the data manifest (also written to <out>/data/data_manifest.json)."""
+    template = TEMPLATES[TEMPLATE]
+    started = time.perf_counter()
+    sources = cfg.sources or default_sources()
+    collected, manifest = _collect(cfg, sources, template)
 
     texts = [d.text for d in collected.train]
     random.Random(cfg.seed).shuffle(texts)
@@ -174,7 +180,7 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
         "tokenizer_from": cfg.init_from or None,
         "train_tokens": train_tokens,
         "heldout_tokens": sum(len(s) for s in held_seqs.ids),
-        "bytes_per_token": round(totals["bytes_train"] / max(train_tokens, 1), 3),
+        "bytes_per_token": round(manifest["totals"]["bytes_train"] / max(train_tokens, 1), 3),
         "train_rows": len(train_rows),
         "heldout_rows": len(held_rows),
         "seq_len": cfg.seq_len,
@@ -439,19 +445,6 @@ def _model(cfg: PretrainConfig, preset: Preset, vocab: int, end_id: int, pad_id:
     return model, dtype
 
 
-def _fit(trainer: Any, cfg: PretrainConfig, out: Path, resume_from: str | None) -> Any:
-    """trainer.train, with the failures a user can act on as one-line PretrainErrors."""
-    try:
-        return trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise PretrainError(
-            f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; lower --batch-tokens "
-            f"and raise --grad-accum; continue with --resume from {out / CHECKPOINTS}"
-        ) from None
-    except NonFiniteLoss as e:
-        raise PretrainError(f"{e}; lower --lr (now {cfg.lr}); checkpoints so far are in {out / CHECKPOINTS}") from None
-
-
 def _report(
     trainer: Any,
     result: Any,
@@ -577,7 +570,14 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     stopper.eval_s = float(json.loads(initial_path.read_text(encoding="utf-8")).get("eval_runtime", 0.0))
 
     # 5. Train.
-    result = _fit(trainer, cfg, out, resume_from)
+    result = fit(
+        trainer,
+        resume_from,
+        PretrainError,
+        f"at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; lower --batch-tokens and raise --grad-accum; "
+        f"continue with --resume from {out / CHECKPOINTS}",
+        f"lower --lr (now {cfg.lr}); checkpoints so far are in {out / CHECKPOINTS}",
+    )
 
     # 6. Save the model (preset dtype, shards), its provenance, the curves and the report.
     initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None

@@ -218,7 +218,15 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     trainer = setup.trainer
 
     # 6. Train.
-    result = _fit(trainer, cfg, out, resume_from)
+    result = fit(
+        trainer,
+        resume_from,
+        TrainError,
+        f"at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; try --quantize 4bit, a shorter --seq-len, "
+        "fewer --batch-tokens (with more --grad-accum) or --gradient-checkpointing; "
+        f"checkpoints written so far are in {out / CHECKPOINTS}",
+        f"lower --lr (now {cfg.lr}) or check the data; checkpoints written so far are in {out / CHECKPOINTS}",
+    )
 
     # 7. Save: the PEFT adapter (best checkpoint when there is an eval split), metadata, report.
     trainer.save_model(str(out))
@@ -367,20 +375,15 @@ def _report(setup: _Setup, out: Path, runtime_s: float, started: float, render: 
     }
 
 
-def _fit(trainer: SFTTrainer, cfg: TrainConfig, out: Path, resume_from: str | None) -> Any:
-    """trainer.train, with the failures a user can act on as one-line TrainErrors."""
+def fit(trainer: Any, resume_from: str | None, error: type[Exception], oom_hint: str, nan_hint: str) -> Any:
+    """trainer.train, with the failures a user can act on as one-line errors of `error`: out of GPU memory
+    (`oom_hint` says what to change) and a loss that is no longer finite (`nan_hint`)."""
     try:
         return trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError:
-        raise TrainError(
-            f"CUDA out of memory at --seq-len {cfg.seq_len}, --batch-tokens {cfg.batch_tokens}; try --quantize 4bit, "
-            "a shorter --seq-len, fewer --batch-tokens (with more --grad-accum) or --gradient-checkpointing; "
-            f"checkpoints written so far are in {out / CHECKPOINTS}"
-        ) from None
+        raise error(f"CUDA out of memory {oom_hint}") from None
     except NonFiniteLoss as e:
-        raise TrainError(
-            f"{e}; lower --lr (now {cfg.lr}) or check the data; checkpoints written so far are in {out / CHECKPOINTS}"
-        ) from None
+        raise error(f"{e}; {nan_hint}") from None
 
 
 def merge_adapter(base_path: Path, adapter: Path, dest: Path, tokenizer: Any) -> Path:
