@@ -311,23 +311,15 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool |
     return manifest
 
 
-def _build(
-    cfg: CorpusConfig,
-    repos: list[Repo],
-    identity: dict[str, Any],
-    staging: Path,
-    workers: int,
-    progress: bool,
-    started: float,
-) -> dict[str, Any]:
-    dropped: Counter[str] = Counter()
-    languages = set(cfg.languages)
-    timer = _Timer()
-
-    # 1. Walk (main process: listing is cheap and ordered).
+def _walk(
+    cfg: CorpusConfig, repos: list[Repo], dropped: Counter[str]
+) -> tuple[list[tuple[str, str, walk.WalkItem]], int, list[str]]:
+    """The candidate files of every repository as (repo name, root, item); the files seen (folders pruned are not
+    files); the repositories without a candidate. What the walk skips is counted in `dropped`."""
     jobs: list[tuple[str, str, walk.WalkItem]] = []
     files_seen = 0
     empty_repos: list[str] = []
+    languages = set(cfg.languages)
     for repo in repos:
         n_candidates = 0
         for item in walk.walk_repo(repo.root, cfg.walk, languages):
@@ -346,16 +338,100 @@ def _build(
         where = ", ".join(str(r.root) for r in repos)
         why = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "no files at all"
         raise CorpusError(f"no supported source files found in {where} ({why})")
+    return jobs, files_seen, empty_repos
 
+
+def _side(
+    res: FileResult,
+    cfg: CorpusConfig,
+    dedupe: dedup.Deduplicator,
+    sides: dict[tuple[str, str], str],
+    test_repos: set[str] | None,
+) -> str:
+    """train or test for a kept file: its near-duplicate group's side, else by repository (test_repos given) or
+    by a stable hash of the file."""
+    if (first := dedupe.groups.get((res.repo, res.path))) is not None:  # a near-duplicate group stays together
+        return sides[first]
+    if test_repos is not None:
+        return "test" if res.repo in test_repos else "train"
+    return split.file_split(res.repo, res.path, cfg.test_fraction, cfg.seed)
+
+
+@dataclass
+class _Tally:
+    """The manifest's counts over the files as they come in from the workers."""
+
+    bytes_in: int = 0
+    files_with_secrets: int = 0
+    secret_kinds: Counter[str] = field(default_factory=Counter)
+    parse_failures: int = 0
+    lang_files: Counter[str] = field(default_factory=Counter)
+    span_kinds: Counter[str] = field(default_factory=Counter)
+
+    def seen(self, res: FileResult) -> None:
+        self.bytes_in += res.size
+        if res.secrets:
+            self.files_with_secrets += 1
+            self.secret_kinds.update(res.secrets)
+
+    def kept(self, res: FileResult) -> None:
+        self.lang_files[res.language or ""] += 1
+        self.span_kinds.update(span.kind for span in res.spans)
+        self.parse_failures += not res.parse_ok
+
+
+def _manifest(
+    cfg: CorpusConfig,
+    identity: dict[str, Any],
+    repos: list[Repo],
+    split_info: dict[str, Any],
+    counts: dict[str, Any],
+    dropped: Counter[str],
+    tally: _Tally,
+    shards: dict[str, Any],
+) -> dict[str, Any]:
+    """manifest.json: what was built from what, and what was left out and why."""
+    return {
+        "format_version": CORPUS_FORMAT_VERSION,
+        "identity": identity,
+        "config": to_dict(cfg),
+        "repos": [r.name for r in repos],
+        **split_info,
+        "counts": counts,
+        "dropped": dict(sorted(dropped.items())),
+        "secrets": {
+            "action": cfg.secrets.action,
+            "files": tally.files_with_secrets,
+            "redacted": sum(tally.secret_kinds.values()),
+            "kinds": dict(sorted(tally.secret_kinds.items())),
+        },
+        "languages": dict(sorted(tally.lang_files.items())),
+        "span_kinds": dict(sorted(tally.span_kinds.items())),
+        "shards": shards,
+        "bytes_in": tally.bytes_in,
+    }
+
+
+def _build(
+    cfg: CorpusConfig,
+    repos: list[Repo],
+    identity: dict[str, Any],
+    staging: Path,
+    workers: int,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    dropped: Counter[str] = Counter()
+    timer = _Timer()
+
+    # 1. Walk (main process: listing is cheap and ordered).
+    jobs, files_seen, empty_repos = _walk(cfg, repos, dropped)
     timer.lap("walk")
 
     # 2. Per file: read, filter, redact, sign, cut middles, index (workers). 3. In (repo, path) order as
     # they come in: dedup across every repository, split, and without context, write.
     jobs.sort(key=lambda job: (job[0], job[2].path))
-    secret_kinds: Counter[str] = Counter()
-    files_with_secrets = bytes_in = parse_failures = 0
-    span_kinds: Counter[str] = Counter()
-    lang_files: Counter[str] = Counter()
+    tally = _Tally()
     dedupe = dedup.Deduplicator(cfg.dedup)
     mode = split.resolve_mode(cfg.split, len(repos))
     test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
@@ -370,28 +446,16 @@ def _build(
         # Closed on the way out, so an error or Ctrl-C stops the workers now, not when its traceback is let go.
         files = stack.enter_context(closing(_run(_process_one, jobs, workers, "files", sizes, progress)))
         for res in files:
-            bytes_in += res.size
-            if res.secrets:
-                files_with_secrets += 1
-                secret_kinds.update(res.secrets)
+            tally.seen(res)
             if res.reason is not None:
                 dropped[res.reason] += 1
                 continue
-            key = (res.repo, res.path)
-            duplicate = dedupe.add(dedup.DedupItem(key, res.sha, res.signature))
+            duplicate = dedupe.add(dedup.DedupItem((res.repo, res.path), res.sha, res.signature))
             if duplicate is not None:
                 dropped[duplicate[0]] += 1
                 continue
-            if (rep := dedupe.groups.get(key)) is not None:  # a kept near-duplicate group stays on one side
-                side = sides[rep]
-            elif mode == "repo":
-                side = "test" if res.repo in test_repos else "train"
-            else:
-                side = split.file_split(res.repo, res.path, cfg.test_fraction, cfg.seed)
-            sides[key] = side
-            lang_files[res.language or ""] += 1
-            span_kinds.update(span.kind for span in res.spans)
-            parse_failures += not res.parse_ok
+            side = sides[res.repo, res.path] = _side(res, cfg, dedupe, sides, test_repos if mode == "repo" else None)
+            tally.kept(res)
             if cfg.context.enabled:
                 kept.append(res)
             else:
@@ -405,33 +469,15 @@ def _build(
             timer.lap("context")
         shards = {name: writer.close() for name, writer in writers.items()}
     timer.lap("write")
-    examples = {name: writer.rows for name, writer in writers.items()}
-
-    return {
-        "format_version": CORPUS_FORMAT_VERSION,
-        "identity": identity,
-        "config": to_dict(cfg),
-        "repos": [r.name for r in repos],
-        "split_mode": mode,
-        "test_repos": sorted(test_repos) if mode == "repo" else [],
-        "counts": {
-            "files_seen": files_seen,
-            "files_kept": sum(lang_files.values()),
-            "examples": examples,
-            "parse_failures": parse_failures,
-            "empty_repos": empty_repos,
-        },
-        "dropped": dict(sorted(dropped.items())),
-        "secrets": {
-            "action": cfg.secrets.action,
-            "files": files_with_secrets,
-            "redacted": sum(secret_kinds.values()),
-            "kinds": dict(sorted(secret_kinds.items())),
-        },
-        "languages": dict(sorted(lang_files.items())),
-        "span_kinds": dict(sorted(span_kinds.items())),
-        "shards": shards,
-        "bytes_in": bytes_in,
+    counts = {
+        "files_seen": files_seen,
+        "files_kept": sum(tally.lang_files.values()),
+        "examples": {name: writer.rows for name, writer in writers.items()},
+        "parse_failures": tally.parse_failures,
+        "empty_repos": empty_repos,
+    }
+    split_info = {"split_mode": mode, "test_repos": sorted(test_repos) if mode == "repo" else []}
+    return _manifest(cfg, identity, repos, split_info, counts, dropped, tally, shards) | {
         "elapsed_s": round(time.perf_counter() - started, 3),
         "stage_seconds": timer.laps,
     }

@@ -300,29 +300,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     from tqdm import tqdm
 
     started = time.perf_counter()
-    cfg.validate()
-    if cfg.run:
-        try:
-            read_run_meta(cfg.run)
-        except RunMetaError as e:
-            raise EvalError(f"--run: {e}") from None
-    out = Path(cfg.out).expanduser()
-    if out.is_dir():
-        out = out / "report.json"
-    paths = report_paths(out)
-    try:
-        check_output_files(paths, lambda _: is_report(paths[0]), "fimtune eval report", "--out")
-    except OutputRefused as e:
-        raise EvalError(str(e)) from None
-    try:
-        corpus = open_corpus(cfg.corpus)
-        available = corpus.examples(cfg.split)
-    except CorpusReadError as e:
-        raise EvalError(str(e)) from None
-    if not available:
-        raise EvalError(
-            f"corpus {corpus.folder} has no {cfg.split} examples; rebuild it with a --test-fraction above 0"
-        )
+    out, corpus, available = _inputs(cfg)
     examples = pick(available, cfg.limit, cfg.seed)
 
     models, spec, engine_info = build_models(cfg)
@@ -348,16 +326,68 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             model.engine.close()
     finished = time.perf_counter()
 
-    completions = len(examples) * len(models)
-    report: dict[str, Any] = {
+    timing = {"started": started, "loaded": loaded, "finished": finished}
+    report = _report(cfg, corpus, len(available), len(examples) * len(models), len(examples), engine_info, spec, timing)
+    report["max_tokens"], report["models"] = max_tokens, summaries
+    if "base" in rows and "tuned" in rows:
+        report["comparison"] = compare(rows["base"], rows["tuned"], cfg.seed)
+    result = EvalResult(report, records)
+    try:
+        result.paths = write_report(report, records, out)
+    except OSError as e:
+        raise EvalError(f"cannot write the report to {report_paths(out)[0]}: {e}") from None
+    return result
+
+
+def _inputs(cfg: EvalConfig) -> tuple[Path, Any, list[Any]]:
+    """The checked settings' report path, corpus and the examples of the split, each failure one EvalError."""
+    cfg.validate()
+    if cfg.run:
+        try:
+            read_run_meta(cfg.run)
+        except RunMetaError as e:
+            raise EvalError(f"--run: {e}") from None
+    out = Path(cfg.out).expanduser()
+    if out.is_dir():
+        out = out / "report.json"
+    paths = report_paths(out)
+    try:
+        check_output_files(paths, lambda _: is_report(paths[0]), "fimtune eval report", "--out")
+    except OutputRefused as e:
+        raise EvalError(str(e)) from None
+    try:
+        corpus = open_corpus(cfg.corpus)
+        available = corpus.examples(cfg.split)
+    except CorpusReadError as e:
+        raise EvalError(str(e)) from None
+    if not available:
+        raise EvalError(
+            f"corpus {corpus.folder} has no {cfg.split} examples; rebuild it with a --test-fraction above 0"
+        )
+    return out, corpus, available
+
+
+def _report(
+    cfg: EvalConfig,
+    corpus: Any,
+    in_split: int,
+    completions: int,
+    evaluated: int,
+    engine_info: dict[str, Any],
+    spec: PromptSpec,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The report's settings, corpus, engine, template and timing (the models' scores are added by run_eval)."""
+    started, loaded, finished = timing["started"], timing["loaded"], timing["finished"]
+    return {
         "fimtune_version": __version__,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "fixed_text" or cfg.engine == "fixed"},
         "corpus": {
             "folder": str(corpus.folder),
             "manifest_sha256": corpus.manifest_sha256,
             "split": cfg.split,
-            "examples_in_split": len(available),
-            "examples_evaluated": len(examples),
+            "examples_in_split": in_split,
+            "examples_evaluated": evaluated,
         },
         "engine": engine_info,
         "template": {
@@ -368,21 +398,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             "budgets": spec.budgets.to_dict(),
             "exact_token_counts": spec.tokenizer is not None,
         },
-        "max_tokens": max_tokens,
-        "models": summaries,
         "timing": {
             "seconds": round(finished - started, 3),
             "load_seconds": round(loaded - started, 3),
             "completions": completions,
             "completions_per_s": round(completions / max(finished - loaded, 1e-9), 3),
-            "examples_per_s": round(len(examples) / max(finished - loaded, 1e-9), 3),
+            "examples_per_s": round(evaluated / max(finished - loaded, 1e-9), 3),
         },
     }
-    if "base" in rows and "tuned" in rows:
-        report["comparison"] = compare(rows["base"], rows["tuned"], cfg.seed)
-    result = EvalResult(report, records)
-    try:
-        result.paths = write_report(report, records, out)
-    except OSError as e:
-        raise EvalError(f"cannot write the report to {report_paths(out)[0]}: {e}") from None
-    return result

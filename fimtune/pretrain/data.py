@@ -539,6 +539,27 @@ def size(pkg: Package) -> int:
     return total
 
 
+def _held_out(
+    packages: list[Package], usable: list[Package], sources: list[str], holdout: list[str], count: int, seed: int
+) -> list[Package]:
+    """The packages held out: those named (each must be usable), else a seeded choice of `count` mid-sized ones."""
+    by_name = {p.name.lower(): p for p in packages}
+    chosen: list[Package] = []
+    for name in holdout:
+        pkg = by_name.get(name.lower())
+        if pkg is None:
+            raise SourceError(f"--holdout {name}: no installed package of that name in {', '.join(sources)}")
+        if pkg.status:
+            raise SourceError(f"--holdout {name}: the package is {pkg.status} ({pkg.reason}); hold out another one")
+        chosen.append(pkg)
+    if not holdout and count > 0:
+        # Mid-sized packages (by source bytes) make a held-out set that is neither trivial nor dominant.
+        sized = sorted(usable, key=lambda p: p.name.lower())
+        pool = [p for p in sized if 20_000 <= size(p) <= 1_000_000] or sized
+        chosen = random.Random(seed).sample(pool, min(count, max(len(pool) - 1, 0)))
+    return chosen
+
+
 def collect(
     sources: list[str],
     node_modules: list[str],
@@ -563,21 +584,8 @@ def collect(
         elif not p.files:
             p.status, p.reason = "skipped", "no source files"
     usable = [p for p in packages if not p.status]
-    by_name = {p.name.lower(): p for p in packages}
 
-    chosen: list[Package] = []
-    for name in holdout:
-        pkg = by_name.get(name.lower())
-        if pkg is None:
-            raise SourceError(f"--holdout {name}: no installed package of that name in {', '.join(sources)}")
-        if pkg.status:
-            raise SourceError(f"--holdout {name}: the package is {pkg.status} ({pkg.reason}); hold out another one")
-        chosen.append(pkg)
-    if not holdout and holdout_count > 0:
-        # Mid-sized packages (by source bytes) make a held-out set that is neither trivial nor dominant.
-        sized = sorted((p for p in usable), key=lambda p: p.name.lower())
-        pool = [p for p in sized if 20_000 <= size(p) <= 1_000_000] or sized
-        chosen = random.Random(seed).sample(pool, min(holdout_count, max(len(pool) - 1, 0)))
+    chosen = _held_out(packages, usable, sources, holdout, holdout_count, seed)
 
     seen: set[str] = set()
     dropped: Counter[str] = Counter()
