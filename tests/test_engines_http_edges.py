@@ -124,7 +124,7 @@ def test_an_endpoint_ignoring_max_tokens_is_cut_at_the_token_limit(server: Calla
 
 
 def test_the_status_reports_a_dead_endpoint_and_recovers_when_it_answers(tmp_path: Path) -> None:
-    from tests.test_prompt_identity_serve import Client
+    from tests.stdio_client import Client
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

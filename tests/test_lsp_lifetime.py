@@ -112,7 +112,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_telemetry_file_that_blocks_hangs_neither_completions_nor_shutdown(tmp_path: Path) -> None:
-    from tests.test_prompt_identity_serve import Client
+    from tests.stdio_client import Client
 
     fifo = tmp_path / "telemetry.fifo"
     os.mkfifo(fifo)  # nobody ever reads it: a blocking open would wait forever

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_prompt_identity_serve import Client
+from tests.stdio_client import Client
 
 
 def test_shown_suggestions_keep_no_copy_of_their_document(tmp_path: Path) -> None:

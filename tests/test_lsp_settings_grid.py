@@ -43,7 +43,7 @@ def bad_values() -> list[tuple[str, Any]]:
 @pytest.mark.parametrize("which", range(9))
 def test_bad_initialization_options_never_keep_the_engine_from_starting(tmp_path: Path, which: int) -> None:
     """Each run starts a server whose initializationOptions hold one bad value for every setting at once."""
-    from tests.test_prompt_identity_serve import Client
+    from tests.stdio_client import Client
 
     options: dict[str, Any] = {"engine": "fixed", "fixed": {"text": SUGGESTION}}
     for key, value in bad_values()[which::9]:

