@@ -63,12 +63,14 @@ def make_repo(root: Path, n: int) -> int:
     return size
 
 
-def run(n: int, workers: int) -> dict[str, Any]:
+def run(n: int, workers: int, max_postings: int | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fimtune-scale-"))
     try:
         repo = tmp / "repo"
         size = make_repo(repo, n)
         cfg = CorpusConfig(repos=[str(repo)], out=str(tmp / "out"), workers=workers, languages=["python"])
+        if max_postings is not None:
+            cfg.context.max_postings = max_postings
         start = time.perf_counter()
         manifest = build_corpus(cfg, progress=False)
         return {
@@ -86,10 +88,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,50000", help="file counts, comma-separated (default 10000,50000)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-postings", type=int, default=None, help="context.max_postings (default: the default)")
     ap.add_argument("--out", help="also write the table to this Markdown file")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = [run(n, args.workers) for n in sizes]
+    rows = [run(n, args.workers, args.max_postings) for n in sizes]
     base = rows[0]
     lines = [
         "# Context stage against repository size",

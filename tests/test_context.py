@@ -8,6 +8,7 @@ import pickle
 import random
 from hashlib import blake2b
 
+import numpy as np
 import pytest
 
 from fimtune.config import ConfigError, ContextConfig
@@ -522,8 +523,8 @@ def test_window_scores_are_bm25(max_postings: int) -> None:
 
 
 def test_best_windows_agree_with_ranking_all_scores() -> None:
-    """`best` ranks on dense scores when postings are many (no list of every hit first) and on the windows the
-    postings name when few; either way the same windows in the same order as ranking every scored window."""
+    """`best` (dense scores when postings are many, the windows they name when few; ties at the cut chosen by a
+    partition) returns the windows a plain sort of every scored window by (score, hash) puts first."""
     rng = random.Random(0)
     words = [f"name_{i}" for i in range(40)]
     files = {
@@ -548,7 +549,11 @@ def test_best_windows_agree_with_ranking_all_scores() -> None:
         limit = rng.choice([1, 5, 40, 10_000])
         scored = store.scores(tokens)
         assert scored is not None
-        assert store.best(tokens, own, limit) == store.ranked(*scored, own, limit)
+        ids, scores = scored
+        keys = np.frombuffer(store._win_key, dtype=np.int64)[ids]
+        candidates = [(-sc, int(k), int(i)) for i, sc, k in zip(ids, scores, keys, strict=True) if i not in own]
+        expected = [i for _, _, i in sorted(candidates)[:limit]]  # by score, then (path, line) hash
+        assert store.best(tokens, own, limit) == expected
     assert dense_seen and sparse_seen  # both paths were taken
 
 

@@ -205,17 +205,28 @@ class WindowStore:
         return hit, dense[hit]
 
     def ranked(self, ids: np.ndarray, scores: np.ndarray, exclude: list[int], limit: int) -> list[int]:
-        """The `limit` best window ids, best first; equal scores in the order of their (path, line) hash."""
-        if exclude:
-            scores = np.where(np.isin(ids, np.asarray(exclude, dtype=ids.dtype)), 0.0, scores)  # not the own file
+        """The `limit` best window ids (ids ascending in), best first; equal scores in the order of their
+        (path, line) hash. Work is linear in the windows scored: of the windows tied at the limit-th score (a
+        repository of look-alike files ties thousands) only the ones needed are chosen, by a partition on their
+        hashes, and only the chosen are sorted."""
+        if exclude:  # not the own file: ids are ascending, so each excluded id is found by bisection
+            gone = np.asarray(exclude, dtype=ids.dtype)
+            at = np.minimum(np.searchsorted(ids, gone), len(ids) - 1)
+            scores = scores.copy()
+            scores[at[ids[at] == gone]] = 0.0
         keep = scores > 0.0
         ids, scores = ids[keep], scores[keep]
-        if len(ids) > limit:  # only what can be consumed: the limit-th best score and up (its ties included)
+        all_keys = np.frombuffer(self._win_key, dtype=np.int64)
+        if len(ids) > limit:  # the limit-th best score; above it every window, at it the smallest hashes
             kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]
-            keep = scores >= kth
-            ids, scores = ids[keep], scores[keep]
-        keys = np.frombuffer(self._win_key, dtype=np.int64)[ids]
-        order = np.lexsort((keys, -scores))[:limit]
+            above = scores > kth
+            tied = ids[scores == kth]
+            need = limit - int(above.sum())
+            if len(tied) > need:
+                tied = tied[np.argpartition(all_keys[tied], need - 1)[:need]]
+            ids = np.concatenate([ids[above], tied])
+            scores = np.concatenate([scores[above], np.full(len(tied), kth)])
+        order = np.lexsort((all_keys[ids], -scores))[:limit]
         return [int(i) for i in ids[order]]
 
     def best(self, tokens: set[str], exclude: list[int], limit: int) -> list[int]:
