@@ -14,7 +14,7 @@ import pytest
 
 from fimtune.config import FilterConfig, SecretsConfig, WalkConfig
 from fimtune.corpus.filters import decode_and_filter
-from fimtune.corpus.secrets import looks_like_secret_value, scan_secrets
+from fimtune.corpus.secrets import find_secrets, looks_like_secret_value, scan_secrets
 from fimtune.corpus.walk import read_file, walk_repo
 from tests.hostile import PLANTED_SECRETS, PRIVATE_KEY, make_hostile_repo
 
@@ -260,3 +260,23 @@ def test_the_build_leaves_no_planted_secret_in_any_column(tmp_path: Path) -> Non
             blob += [row["prefix"], row["middle"], row["suffix"]] + [c["text"] for c in row["context"]]
     text = "\n".join(blob)
     assert text and not [slot for slot, value in planted.items() if value in text]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'bos_token="__start__",',
+        'pad_token = "__null__"',
+        'self.image_token = "|SPEAKER|"',
+        'self.image_newline_token = "|NEWLINE|"',
+        'mask_token = "[MASK]"',
+        'eos_token: str = "<|endoftext|>"',
+    ],
+)
+def test_a_models_vocabulary_tokens_are_not_secrets(line: str) -> None:
+    """Tokenizer code names its vocabulary tokens like credentials (found in transformers' sources)."""
+    assert list(find_secrets(line + "\n")) == []
+
+
+def test_a_plain_word_token_is_still_a_secret() -> None:
+    assert [kind for _, _, kind in find_secrets('access_token = "correcthorsebattery"\n')]

@@ -245,6 +245,13 @@ _LABEL = re.compile(
     r"|[A-Z][A-Za-z0-9]*(?:-[A-Z][A-Za-z0-9]*)+|[A-Z][a-z]+(?:[A-Z][a-z]+)+"
 )
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.+/=@!#%^&*~:;,?|-]{6,256}")
+# A model's vocabulary markers ("__start__", "|SPEAKER|", "<|endoftext|>", "[MASK]"): labels, not credentials.
+_VOCAB_MARKER = re.compile(r"__\w+__|\|\w+\||<\|?[\w.-]+\|?>|\[\w+\]")
+# The tokens of a model's vocabulary (bos_token, image_token, embed_tokens) are named like credentials.
+_MODEL_TOKEN_NAME = re.compile(
+    r"(?i)(?:^|_)(?:bos|eos|pad|unk|sep|cls|mask|image|audio|video|newline|start|end|special|embed|added|boi|eoi"
+    r"|vision|fim|prefix|suffix|middle|speaker)_?tokens?(?:_id)?$"
+)
 
 
 def _secret_named(name: str, at: int, text: str) -> bool:
@@ -262,8 +269,8 @@ def plain_secret(value: str) -> bool:
         return False
     if _TEMPLATE.search(value) or _PLACEHOLDER_WORDS.search(value) or _FIXTURE_WORDS.search(value):
         return False
-    if _LABEL.fullmatch(value):
-        return False  # an identifier (bos_token_id, my_secret_key), not a credential
+    if _LABEL.fullmatch(value) or _VOCAB_MARKER.fullmatch(value):
+        return False  # an identifier (bos_token_id, my_secret_key) or a vocabulary marker, not a credential
     return len(set(value.lower())) >= 4 and not set(value) <= set("xX*.-_#=")
 
 
@@ -273,6 +280,8 @@ def _assignment_ok(m: re.Match[str], value: str) -> bool:
     if m.group("op") in ("==", "===", "!=", "!=="):
         return False  # a comparison with a plain word checks a label (token == "#bygroup"), not a credential
     name = m.group("name")
+    if _MODEL_TOKEN_NAME.search(name):
+        return False  # a model's vocabulary token (pad_token = "__null__"), not a credential
     return _secret_named(name, m.start("name"), m.string) and plain_secret(value) and not _names_itself(name, value)
 
 
