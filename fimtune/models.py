@@ -168,6 +168,19 @@ def packaged_model_dir(name: str) -> Path:
     return Path(__file__).resolve().parent / "models" / name
 
 
+def model_label(folder: str | Path) -> str:
+    """How a model folder is recorded in provenance: a built-in's name (`nano`) for its shipped folder, a path
+    relative to the working folder inside it, else the path: never this machine's absolute path of the package."""
+    path = Path(folder).expanduser().resolve()
+    for name in BUILTIN_MODELS:
+        if path == packaged_model_dir(name).resolve():
+            return name
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def resolve_builtin(name: str) -> Path:
     """A built-in model (`pico`, `nano`): the folder named by its environment variable, else the shipped one."""
     env_name, how = BUILTIN_MODELS[name]

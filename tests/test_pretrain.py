@@ -490,6 +490,17 @@ def test_builtin_models_ship_inside_the_package() -> None:
     assert (packaged_model_dir("nano") / "config.json").is_file()  # shipped in the repository
 
 
+def test_provenance_names_a_model_without_this_machines_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model continued from the shipped nano records `nano`, not the package's absolute folder."""
+    from fimtune.models import model_label, packaged_model_dir
+
+    assert model_label(packaged_model_dir("nano")) == "nano"
+    (tmp_path / "runs" / "a" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert model_label(tmp_path / "runs" / "a" / "model") == "runs/a/model"
+    assert model_label("/elsewhere/model") == "/elsewhere/model"  # outside the working folder: as given
+
+
 def test_default_base_is_the_best_builtin_installed(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fimtune.models import default_base_model, packaged_model_dir
     from lsp_server.settings import Settings

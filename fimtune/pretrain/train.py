@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from fimtune import __version__
 from fimtune.config import from_dict, to_dict
 from fimtune.fim_format import TEMPLATES
-from fimtune.models import ModelError, load_tokenizer, resolve_dtype
+from fimtune.models import ModelError, load_tokenizer, model_label, resolve_dtype
 from fimtune.pretrain.config import PretrainConfig
 from fimtune.pretrain.data import SourceError, collect, default_sources
 from fimtune.pretrain.fim import build_sequences, pack
@@ -177,7 +177,7 @@ def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, An
         "tokenizer_trained_on_mb": None
         if cfg.init_from
         else round(min(sum(len(x) for x in texts), cfg.tokenizer_mb * 1e6) / 1e6, 3),
-        "tokenizer_from": cfg.init_from or None,
+        "tokenizer_from": model_label(cfg.init_from) if cfg.init_from else None,
         "train_tokens": train_tokens,
         "heldout_tokens": sum(len(s) for s in held_seqs.ids),
         "bytes_per_token": round(manifest["totals"]["bytes_train"] / max(train_tokens, 1), 3),
@@ -426,7 +426,7 @@ def init_provenance(folder: str) -> dict[str, Any] | None:
         return None
     path = Path(folder) / PRESET_FILE
     prior = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return {"model": folder, "trained": prior.get("trained"), "heldout_loss": prior.get("heldout_loss")}
+    return {"model": model_label(folder), "trained": prior.get("trained"), "heldout_loss": prior.get("heldout_loss")}
 
 
 # ---------------------------------------------------------------------------------------------------------------
