@@ -52,7 +52,6 @@ class WindowStore:
         self._win_line: list[int] = []
         self._win_text: list[str] = []
         self._win_tids: list[array[int]] = []
-        self._win_len: list[int] = []
         self._win_key = array("q")  # tie order among equal scores: a hash of (path, line)
         self._free: list[int] = []
         self._n_windows = 0
@@ -94,7 +93,6 @@ class WindowStore:
             self._win_line[wid] = window.start_line
             self._win_text[wid] = window.text
             self._win_tids[wid] = tids
-            self._win_len[wid] = len(window.tokens)
             self._win_key[wid] = tie_key(key, window.start_line)
             self._n_windows += 1
             wids.append(wid)
@@ -107,7 +105,6 @@ class WindowStore:
             for tid in self._win_tids[wid]:
                 by_token.setdefault(tid, []).append(wid)
             self._n_windows -= 1
-            self._win_len[wid] = 0
             self._win_path[wid] = ""
             self._win_text[wid] = ""
             self._win_tids[wid] = array("i")
@@ -139,7 +136,6 @@ class WindowStore:
         self._win_line.append(0)
         self._win_text.append("")
         self._win_tids.append(array("i"))
-        self._win_len.append(0)
         self._win_key.append(0)
         return wid
 
