@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from fimtune import __version__
 from fimtune.config import ConfigError
@@ -24,27 +23,19 @@ def _recipe_relative(value: str | None, recipe: str | None) -> str | None:
 
 
 def cmd_build_corpus(args: argparse.Namespace) -> int:
-    from fimtune.config import CorpusConfig, load_config, load_yaml
+    from fimtune.config import CorpusConfig, given_flags, load_config, load_yaml
     from fimtune.corpus.pipeline import CorpusError, build_corpus
     from fimtune.corpus.walk import FOLDER_REASONS
 
-    overrides: dict[str, Any] = {
-        "out": args.out,
-        "languages": args.languages,
-        "workers": args.workers,
-        "seed": args.seed,
-        "split": args.split,
-        "test_fraction": args.test_fraction,
-        "context.enabled": False if args.no_context else None,
-    }
+    flags = given_flags(args, CorpusConfig)
     if args.paths:
-        overrides["repos"] = args.paths
-    cfg = load_config(CorpusConfig, args.config, overrides)
+        flags["repos"] = args.paths
+    cfg = load_config(CorpusConfig, args.config, flags)
     if args.config:
         recipe = load_yaml(args.config)
         if not args.paths:
             cfg.repos = [_recipe_relative(r, args.config) or r for r in cfg.repos]
-        if args.out is None and "out" in recipe:
+        if "out" not in flags and "out" in recipe:
             cfg.out = _recipe_relative(cfg.out, args.config) or cfg.out
     try:
         manifest = build_corpus(cfg, overwrite=args.overwrite, progress=None if not args.quiet else False)
@@ -73,6 +64,8 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
 
 
 def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
+    from fimtune.config import CorpusConfig, add_flags
+
     p = sub.add_parser(
         "build-corpus",
         help="cut repositories into fill-in-the-middle examples",
@@ -81,14 +74,8 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
         "to the recipe), and flags override them.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="repository folders (default: the recipe's `repos`)")
-    p.add_argument("--out", help="output folder (default: corpora/out/default, or the recipe's `out`)")
     p.add_argument("--config", help="recipe YAML with defaults for every setting (see corpora/)")
-    p.add_argument("--languages", nargs="+", help="only these languages (default: all supported)")
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
-    p.add_argument("--seed", type=int, help="seed for every random choice (default: 0)")
-    p.add_argument("--split", choices=["auto", "repo", "file"], help="split by repository or file (default: auto)")
-    p.add_argument("--test-fraction", type=float, help="share of repositories or files for the test split")
-    p.add_argument("--no-context", action="store_true", help="do not attach cross-file context")
+    add_flags(p, CorpusConfig)
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -44,6 +44,12 @@ class ModelError(Exception):
 
 
 DTYPES = ("auto", "fp32", "bf16")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# The rule (fimtune.config.Rule keywords) of every `device` setting: eval's flag and the server's setting.
+DEVICE_RULE: dict[str, Any] = {
+    "must": "auto, cpu, mps, cuda or cuda:N",
+    "test": lambda v: _DEVICE.fullmatch(v) is not None,
+}
 
 
 def bf16_supported(device: str) -> bool:

@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+SPLITS = ("train", "test")  # a corpus's splits
+
 
 def sha256_hex(data: str | bytes) -> str:
     """Hex SHA-256 of a string (UTF-8) or bytes."""

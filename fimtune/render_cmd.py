@@ -6,10 +6,34 @@ import argparse
 import json
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fimtune.records import FimExample
+from fimtune.config import setting
+from fimtune.fim_format import TEMPLATES
+from fimtune.records import SPLITS, FimExample
+
+
+@dataclass
+class RenderConfig:
+    """What `fimtune render` shows (every setting is a flag)."""
+
+    corpus: str = setting("", help="corpus folder written by `fimtune build-corpus`", flag=True)
+    template: str = setting(
+        "auto",
+        help="template name, or auto (needs --tokenizer)",
+        flag=True,
+        choices=("auto", *TEMPLATES),
+        metavar="NAME",
+    )
+    tokenizer: str = setting("", help="tokenizer folder: exact token counts and budgets", flag=True)
+    split: str = setting("train", help="corpus split", flag=True, choices=SPLITS)
+    n: int = setting(3, help="how many examples", flag="-n", at_least=1)
+    seed: int = setting(0, help="which examples are picked", flag=True)
+    max_tokens: int = setting(2048, help="prompt + target budget in tokens", flag=True, at_least=1)
+    max_middle_tokens: int = setting(256, help="tokens reserved for the middle", flag=True, at_least=1)
+    json: bool = setting(False, help="one JSON object per line", flag=True)
 
 
 def load_tokenizer(path: str) -> Any:
@@ -54,33 +78,34 @@ def show(ex: FimExample, rendered: Any, out: TextIO, color: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from fimtune.config import check, given_flags
     from fimtune.console import CommandError
-    from fimtune.corpus.read import SPLITS, CorpusReadError, open_corpus
+    from fimtune.corpus.read import CorpusReadError, open_corpus
     from fimtune.fim_format import Budgets, FimFormatError
     from fimtune.prompting import resolve_prompt
     from fimtune.tokenizer import as_fim_tokenizer
 
+    cfg = RenderConfig(**given_flags(args, RenderConfig))
+    check(cfg, flags=True)
+    if not cfg.corpus:
+        raise CommandError("--corpus: give the corpus folder to render examples of (written by `fimtune build-corpus`)")
     try:
-        corpus = open_corpus(args.corpus)
+        corpus = open_corpus(cfg.corpus)
     except CorpusReadError as e:
         raise CommandError(str(e)) from None
-    if args.split not in SPLITS:
-        raise CommandError(f"--split must be one of {', '.join(SPLITS)}")
-    if args.n < 1:
-        raise CommandError(f"-n: how many examples to show, at least 1 (not {args.n})")
-    tokenizer = as_fim_tokenizer(load_tokenizer(args.tokenizer)) if args.tokenizer else None
+    tokenizer = as_fim_tokenizer(load_tokenizer(cfg.tokenizer)) if cfg.tokenizer else None
     try:
-        if args.template == "auto" and tokenizer is None:
+        if cfg.template == "auto" and tokenizer is None:
             raise CommandError("--template auto needs --tokenizer; or name one, e.g. --template qwen2.5-coder")
-        budgets = Budgets(max_tokens=args.max_tokens, max_middle_tokens=args.max_middle_tokens)
-        spec = resolve_prompt(template=args.template, tokenizer=tokenizer, budgets=budgets)
-        examples = pick(corpus.examples(args.split), args.n, args.seed)
+        budgets = Budgets(max_tokens=cfg.max_tokens, max_middle_tokens=cfg.max_middle_tokens)
+        spec = resolve_prompt(template=cfg.template, tokenizer=tokenizer, budgets=budgets)
+        examples = pick(corpus.examples(cfg.split), cfg.n, cfg.seed)
         if not examples:
-            raise CommandError(f"corpus {corpus.folder} has no {args.split} examples")
-        color = not args.json and sys.stdout.isatty()
+            raise CommandError(f"corpus {corpus.folder} has no {cfg.split} examples")
+        color = not cfg.json and sys.stdout.isatty()
         for ex in examples:
             rendered = spec.render(ex, ex.middle)
-            if args.json:
+            if cfg.json:
                 record: dict[str, Any] = {
                     "example_id": ex.id,
                     "repo": ex.repo,
@@ -103,19 +128,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def add_render_parser(sub: Any) -> None:
+    from fimtune.config import add_flags
+
     p = sub.add_parser(
         "render",
         help="show exactly what the model sees for corpus examples",
         description="Render corpus examples through a model family's FIM template, the same code training and "
         "serving use. The target (middle + end text) is marked.",
     )
-    p.add_argument("--corpus", required=True, help="corpus folder written by `fimtune build-corpus`")
-    p.add_argument("--template", default="auto", help="template name, or auto (needs --tokenizer)")
-    p.add_argument("--tokenizer", help="tokenizer folder: exact token counts and budgets")
-    p.add_argument("--split", default="train", help="train or test (default: train)")
-    p.add_argument("-n", type=int, default=3, help="how many examples (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="which examples are picked")
-    p.add_argument("--max-tokens", type=int, default=2048, help="prompt + target budget in tokens")
-    p.add_argument("--max-middle-tokens", type=int, default=256, help="tokens reserved for the middle")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_flags(p, RenderConfig)
     p.set_defaults(func=cmd_render)

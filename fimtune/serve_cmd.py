@@ -7,9 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fimtune.engines.base import ENGINES
-
-LOG_LEVELS = ("error", "warning", "info", "debug")
+from fimtune.config import add_flags, given_flags
+from lsp_server.settings import Settings
 
 
 def _tcp_address(value: str) -> tuple[str, int]:
@@ -22,34 +21,18 @@ def _tcp_address(value: str) -> tuple[str, int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     p.add_argument("--tcp", type=_tcp_address, metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
-    p.add_argument("--engine", choices=list(ENGINES), help="local (default), openai, llamacpp, ollama or fixed")
-    p.add_argument("--run", help="a `fimtune train` run folder (its fimtune.json decides template and budgets)")
-    p.add_argument(
-        "--base-model",
-        help="local engine without a run: a folder, hub id, or a built-in model: `nano` (default when installed), "
-        "`pico`, `tiny` (random weights)",
-    )
-    p.add_argument("--endpoint", help="HTTP engines: base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model", help="HTTP engines: model (or LoRA adapter) name")
-    p.add_argument("--template", help="FIM template of the served model (HTTP engines without --run)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, help="error, warning, info (default) or debug")
+    add_flags(p, Settings)
 
 
 def defaults_from(args: argparse.Namespace) -> Any:
     """Settings from the flags given (recorded as explicit, like a client's settings)."""
+    from fimtune.config import check
     from fimtune.console import CommandError
-    from lsp_server.settings import parse_settings
+    from lsp_server.settings import camel, parse_settings
 
-    flags = {
-        "engine": args.engine,
-        "run": args.run,
-        "baseModel": args.base_model,
-        "endpoint": args.endpoint,
-        "model": args.model,
-        "template": args.template,
-        "logLevel": args.log_level,
-    }
-    settings, warnings = parse_settings({k: v for k, v in flags.items() if v is not None})
+    flags = given_flags(args, Settings)  # the flags are top-level settings
+    check(Settings(**flags), flags=True)  # a bad flag is an error (a client's bad setting is a warning)
+    settings, warnings = parse_settings({camel(k): v for k, v in flags.items()})
     if warnings:
         raise CommandError("; ".join(w.removeprefix("fimtune: ") for w in warnings))
     return settings
@@ -75,6 +58,7 @@ def add_serve_parser(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m lsp_server [flags]`: the same as `fimtune serve [flags]`."""
+    from fimtune.config import ConfigError
     from fimtune.console import CommandError
 
     parser = argparse.ArgumentParser(prog="python -m lsp_server", description="fimtune's language server")
@@ -82,6 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_serve(args)
-    except CommandError as e:
+    except (CommandError, ConfigError) as e:
         sys.stderr.write(f"fimtune serve: error: {e}\n")
         return 1

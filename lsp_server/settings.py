@@ -3,58 +3,82 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from fimtune.config import bad_value, rule_of, setting
 from fimtune.engines.base import ENGINES, EngineSettings
 from fimtune.fim_format import TEMPLATES
-from fimtune.models import default_base_model
+from fimtune.models import DEVICE_RULE, DTYPES, default_base_model
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
 class ContextSettings:
-    enabled: bool = True
-    max_chars: int = 4000  # overrides the run's context budget only when the client sets it
+    enabled: bool = setting(True, help="attach cross-file context from the workspace")
+    max_chars: int = setting(
+        4000, help="context characters; overrides the run's context budget only when set", at_least=1, at_most=200_000
+    )
 
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    path: str = ""  # a local JSONL file; empty: no telemetry
-    include_text: bool = False  # also record the suggested text
+    path: str = setting("", help="a local JSONL file of accepted and rejected suggestions; empty: no telemetry")
+    include_text: bool = setting(False, help="also record the suggested text")
 
 
 @dataclass(frozen=True)
 class FixedSettings:
-    text: str = ""
-    delay_ms: int = 0
-    error: str = ""
+    text: str = setting("", help="engine fixed: the completion it gives")
+    delay_ms: int = setting(0, help="engine fixed: how long it thinks", at_least=0, at_most=600_000)
+    error: str = setting("", help="engine fixed: fail every request with this message")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a client can set (api_server.md). `given` holds the dotted camelCase keys the client or the
+    """Everything a client can set (api_server.md), in camelCase there (`maxTokens`, `context.maxChars`); the
+    fields marked `flag` are also `fimtune serve` flags. `given` holds the dotted camelCase keys the client or the
     command line set explicitly, so a run folder's fimtune.json still decides what the user left alone."""
 
-    enabled: bool = True
-    engine: str = "local"
-    endpoint: str = ""
-    model: str = ""
-    api_key: str = ""
-    run: str = ""
-    base_model: str = field(default_factory=default_base_model)  # `pico` when installed, else `tiny`
-    template: str = "auto"
-    device: str = "auto"
-    dtype: str = "auto"
-    max_tokens: int = 64
-    debounce_ms: int = 75
-    timeout_ms: int = 5000
+    enabled: bool = setting(True, help="offer completions at all")
+    engine: str = setting(
+        "local",
+        help="local (transformers), openai (vLLM), llamacpp, ollama or fixed",
+        flag=True,
+        choices=tuple(ENGINES),
+    )
+    endpoint: str = setting("", help="HTTP engines: base URL, e.g. http://127.0.0.1:8000", flag=True)
+    model: str = setting("", help="HTTP engines: model (or LoRA adapter) name", flag=True)
+    api_key: str = setting("", help="HTTP engines: bearer token")
+    run: str = setting(
+        "", help="a `fimtune train` run folder (its fimtune.json decides template and budgets)", flag=True
+    )
+    base_model: str = setting(
+        help="local engine without a run: a folder, hub id, or a built-in model: `nano` (default when installed), "
+        "`pico`, `tiny` (random weights)",
+        factory=default_base_model,
+        flag=True,
+    )
+    template: str = setting(
+        "auto",
+        help="FIM template of the served model (HTTP engines without --run)",
+        flag=True,
+        choices=("auto", *TEMPLATES),
+        metavar="NAME",
+    )
+    device: str = setting("auto", help="local engine: auto, cpu, cuda, cuda:N or mps", flag=True, **DEVICE_RULE)
+    dtype: str = setting(
+        "auto", help="local engine: auto is bf16 where the device has bf16 matrix support", flag=True, choices=DTYPES
+    )
+    max_tokens: int = setting(64, help="tokens per completion", flag=True, at_least=1, at_most=4096)
+    debounce_ms: int = setting(75, help="wait this long after the last keystroke", at_least=0, at_most=5000)
+    timeout_ms: int = setting(
+        5000, help="give up on a completion after this long", flag=True, at_least=50, at_most=600_000
+    )
     context: ContextSettings = field(default_factory=ContextSettings)
-    languages: dict[str, bool] = field(default_factory=lambda: {"*": True})
-    log_level: str = "info"
+    languages: dict[str, bool] = setting(help="languageId -> enabled; `*` for the rest", factory=lambda: {"*": True})
+    log_level: str = setting("info", help="what the server logs", flag=True, choices=LOG_LEVELS)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     fixed: FixedSettings = field(default_factory=FixedSettings)
     given: frozenset[str] = frozenset()
@@ -94,21 +118,6 @@ class Settings:
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
-
-
-# Checks per dotted key: a predicate on the (already type-checked) value and what the message says it must be.
-_CHECKS: dict[str, tuple[Any, str]] = {
-    "engine": (lambda v: v in ENGINES, f"one of {', '.join(ENGINES)}"),
-    "template": (lambda v: v == "auto" or v in TEMPLATES, f"auto or one of {', '.join(TEMPLATES)}"),
-    "device": (lambda v: _DEVICE_RE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N"),
-    "dtype": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
-    "maxTokens": (lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
-    "debounceMs": (lambda v: 0 <= v <= 5000, "an integer from 0 to 5000"),
-    "timeoutMs": (lambda v: 50 <= v <= 600_000, "an integer from 50 to 600000"),
-    "context.maxChars": (lambda v: 1 <= v <= 200_000, "an integer from 1 to 200000"),
-    "logLevel": (lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
-    "fixed.delayMs": (lambda v: 0 <= v <= 600_000, "an integer from 0 to 600000"),
-}
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -154,9 +163,9 @@ def _parse_into(obj: Any, data: dict[str, Any], prefix: str, warnings: list[str]
                 f"fimtune: setting {dotted!r} must be {_type_name(current)}, not {value!r}; using {current!r}"
             )
             continue
-        check = _CHECKS.get(dotted)
-        if check is not None and not check[0](value):
-            warnings.append(f"fimtune: setting {dotted!r} must be {check[1]}, not {value!r}; using {current!r}")
+        problem = rule_of(f).problem(value)
+        if problem is not None:
+            warnings.append(f"fimtune: setting {bad_value(repr(dotted), problem, value)}; using {current!r}")
             continue
         changes[f.name] = value
         given.add(dotted)

@@ -72,8 +72,8 @@ def test_settings_are_checked_before_any_work(tiny_corpus: Path, fimtune_cache: 
     one_line_error(fimtune(*train, "--lr", "nan"), "lr: must be a finite number")
     one_line_error(fimtune(*train, "--max-steps", "0"), "--max-steps: at least 1", "--epochs")
     render = ["render", "--corpus", str(tiny_corpus), "--template", "fimtune"]
-    one_line_error(fimtune(*render, "-n=-2"), "-n: how many examples to show, at least 1")
-    one_line_error(fimtune(*render, "-n", "0"), "-n: how many examples to show, at least 1")
+    one_line_error(fimtune(*render, "-n=-2"), "-n: must be at least 1, not -2")
+    one_line_error(fimtune(*render, "-n", "0"), "-n: must be at least 1, not 0")
     a_file = tmp_path / "a-file"
     a_file.write_text("mine\n")
     one_line_error(fimtune(*train[:-1], str(a_file)), "is a file")

@@ -190,10 +190,10 @@ def test_bad_input_is_one_actionable_line(
     shutil.copytree(tiny_run, no_meta, ignore=shutil.ignore_patterns("checkpoints", "fimtune.json"))
     assert "not a run folder written by `fimtune train`" in error(*corpus, "--run", str(no_meta))
     assert "--compare needs --run" in error(*corpus, "--base-model", "tiny", "--compare")
-    assert "use one of local, openai" in error(*corpus, "--base-model", "tiny", "--engine", "vllm")
+    assert "--engine: must be one of local, openai" in error(*corpus, "--base-model", "tiny", "--engine", "vllm")
     assert "needs --engine local" in error(*corpus, "--run", str(tiny_run), "--compare", "--engine", "openai")
     assert "--run RUN" in error(*corpus, "--engine", "openai", "--endpoint", "http://127.0.0.1:9")  # no default
-    assert "--split must be one of" in error(*corpus, "--base-model", "tiny", "--split", "validation")
+    assert "--split: must be one of train, test" in error(*corpus, "--base-model", "tiny", "--split", "validation")
     assert not (tmp_path / "r.json").exists()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tree_sitter as ts
 
-from fimtune.config import ConfigError, SpanConfig
+from fimtune.config import ConfigError, CorpusConfig, SpanConfig
 from fimtune.corpus.spans import (
     LINE_KINDS,
     MAX_WINDOWS,
@@ -349,9 +349,9 @@ def test_empty_and_whitespace_files() -> None:
         _check_result(source, result, SpanConfig())
 
 
-def test_bad_caps_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="max_middle_bytes"):
-        choose_spans(_source("python", "x = 1\n"), SpanConfig(max_middle_bytes=0), random.Random(0))
+def test_bad_caps_are_a_config_error_before_any_file() -> None:
+    with pytest.raises(ConfigError, match=r"^spans\.max_middle_bytes: must be at least 1, not 0$"):
+        CorpusConfig(spans=SpanConfig(max_middle_bytes=0)).validate()
 
 
 # --- windows: syntax middles from a uniform sample of the file -------------------------------------------------

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fimtune.config import ConfigError, ContextConfig
+from fimtune.config import ContextConfig, check
 from fimtune.context.files import Definition, FileIndex, imports_of, tokenize
 from fimtune.context.imports import RESOLVERS, Paths, imported_names
 from fimtune.context.store import WindowStore
@@ -77,11 +77,7 @@ class RepoIndex:
     """Definitions, imports and BM25 windows of one repository; updated one file at a time."""
 
     def __init__(self, cfg: ContextConfig) -> None:
-        for name in ("max_chars", "max_snippets", "window_lines", "window_stride", "query_lines"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(f"context.{name}: must be at least 1, not {getattr(cfg, name)}")
-        if not 0.0 <= cfg.definitions_share <= 1.0:
-            raise ConfigError(f"context.definitions_share: must be in [0, 1], not {cfg.definitions_share}")
+        check(cfg, "context")  # the server builds one from its own settings, without a CorpusConfig
         self.cfg = cfg
         self._files: dict[str, _Entry] = {}
         self._paths = Paths()

@@ -281,7 +281,6 @@ def corpus_identity(cfg: CorpusConfig, repos: list[Repo]) -> dict[str, Any]:
 def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Build the corpus described by cfg into cfg.out; return the manifest."""
     cfg.validate()
-    filters.generated_pattern(tuple(cfg.filters.generated_markers))  # before any file, not only where one has comments
     started = time.perf_counter()
     repos = resolve_repos(cfg.repos)
     out = Path(cfg.out).expanduser()

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 from fimtune import CORPUS_FORMAT_VERSION
 from fimtune.records import FimExample
 
-SPLITS = ("train", "test")
 REQUIRED_COLUMNS = ("id", "repo", "path", "language", "span_kind", "prefix", "middle", "suffix")
 
 

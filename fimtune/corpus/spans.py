@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tree_sitter as ts
 
-from fimtune.config import ConfigError, SpanConfig
+from fimtune.config import SpanConfig
 from fimtune.languages import get_query, parse
 from fimtune.records import SourceFile, Span
 
@@ -68,8 +68,6 @@ def choose_spans(
 
     data (the text's UTF-8 bytes) and tree (its syntax tree), when the caller has them, are not made again.
     """
-    if cfg.max_middle_bytes < 1 or cfg.max_middle_lines < 1:
-        raise ConfigError("spans.max_middle_bytes and spans.max_middle_lines: must be at least 1")
     if data is None:
         data = source.data
     if tree is None:

@@ -8,21 +8,24 @@ import math
 import random
 import sys
 import time
+from argparse import SUPPRESS
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fimtune import __version__
-from fimtune.corpus.read import SPLITS, CorpusReadError, open_corpus
+from fimtune.config import ConfigError, check, setting
+from fimtune.corpus.read import CorpusReadError, open_corpus
 from fimtune.engines.base import ENGINES, Completion, Engine, EngineError, EngineRequest, EngineSettings, make_engine
 from fimtune.eval.metrics import METRICS, aggregate, paired_bootstrap, score_example
 from fimtune.eval.report import MAIN_METRICS, report_paths, write_report
-from fimtune.fim_format import FimFormatError
+from fimtune.fim_format import TEMPLATES, FimFormatError
+from fimtune.models import DEVICE_RULE, DTYPES
 from fimtune.outputs import OutputRefused, check_output_files
 from fimtune.postprocess import StopRules, postprocess
 from fimtune.prompting import PromptSpec, resolve_prompt
-from fimtune.records import FimExample
+from fimtune.records import SPLITS, FimExample
 from fimtune.run_meta import RunMetaError, read_run_meta
 
 log = logging.getLogger(__name__)
@@ -41,26 +44,59 @@ class EvalError(Exception):
 class EvalConfig:
     """Everything `fimtune eval` does; recorded in report.json."""
 
-    corpus: str
-    base_model: str = ""  # model folder, hub id or `tiny`; default: the run's base
-    run: str = ""  # a `fimtune train` run folder
-    compare: bool = False  # also the run's base model (same prompts), with paired bootstrap intervals
-    engine: str = "local"
-    endpoint: str = ""
-    model: str = ""
-    template: str = "auto"  # a base model's template; a run's is fixed by its fimtune.json
-    split: str = "test"
-    limit: int = 0  # 0: every example of the split; else a seeded sample of this many
-    max_tokens: int = 0  # 0: the middle budget (the run's max_middle_tokens)
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # local engine: auto | fp32 | bf16
-    out: str = "report.json"
-    fixed_text: str = ""  # engine `fixed` only
+    corpus: str = setting("", help="corpus folder written by `fimtune build-corpus`", flag=True)
+    base_model: str = setting(
+        "",
+        help="model folder, Hugging Face model id, or a built-in model (`nano`, `pico`, `tiny`); default: the run's "
+        "base, or without --run the best built-in model installed",
+        flag=True,
+    )
+    run: str = setting("", help="a `fimtune train` run folder (adapter + fimtune.json)", flag=True)
+    compare: bool = setting(
+        False,
+        help="also evaluate the run's base model (same prompts); report the difference with paired bootstrap intervals",
+        flag=True,
+    )
+    engine: str = setting(
+        "local",
+        help="where completions come from: local (transformers), openai (vLLM), llamacpp, ollama or fixed",
+        flag=True,
+        choices=tuple(ENGINES),
+    )
+    endpoint: str = setting("", help="HTTP engines: base URL of the server", flag=True)
+    model: str = setting("", help="HTTP engines: the model (or served adapter) name", flag=True)
+    template: str = setting(
+        "auto",
+        help="FIM template of a base model (default: detected; a run's is fixed by its fimtune.json)",
+        flag=True,
+        choices=("auto", *TEMPLATES),
+        metavar="NAME",
+    )
+    split: str = setting("test", help="corpus split to evaluate", flag=True, choices=SPLITS)
+    limit: int = setting(
+        0, help="evaluate a seeded sample of N examples", flag=True, zero="every example of the split", at_least=1
+    )
+    max_tokens: int = setting(0, help="tokens per completion", flag=True, zero="the run's middle budget", at_least=1)
+    seed: int = setting(0, help="seed of the --limit sample and of the bootstrap", flag=True)
+    device: str = setting("auto", help="local engine: auto, cpu, cuda, cuda:N or mps", flag=True, **DEVICE_RULE)
+    dtype: str = setting(
+        "auto",
+        help="local engine: auto (default) is bf16 where torch reports bf16 matrix support on the device, else fp32",
+        flag=True,
+        choices=DTYPES,
+    )
+    out: str = setting("report.json", help="report path; report.md and report.png go beside it", flag=True)
+    fixed_text: str = setting(
+        "", help="engine `fixed`: the completion it gives (tests and wiring checks)", flag=True, flag_help=SUPPRESS
+    )
 
     def validate(self) -> None:
-        if self.engine not in ENGINES:
-            raise EvalError(f"--engine {self.engine!r} is not an engine; use one of {', '.join(ENGINES)}")
+        try:
+            check(self, flags=True)
+        except ConfigError as e:
+            raise EvalError(str(e)) from None
+        if not self.corpus:
+            raise EvalError("--corpus: give the corpus folder to evaluate on (written by `fimtune build-corpus`)")
         if not self.run and not self.base_model and self.engine != "local" and self.template == "auto":
             raise EvalError(
                 "give the model to evaluate: --run RUN (a `fimtune train` folder), --base-model M, or for a served "
@@ -73,10 +109,6 @@ class EvalConfig:
                 f"--compare runs the base and the adapter on one loaded model and needs --engine local; with "
                 f"--engine {self.engine}, evaluate the served base and the served adapter in two runs (--model)"
             )
-        if self.split not in SPLITS:
-            raise EvalError(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
-        if self.limit < 0 or self.max_tokens < 0:
-            raise EvalError("--limit and --max-tokens: 0 (all / the middle budget) or more")
 
 
 @dataclass

@@ -6,49 +6,113 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fimtune.config import ConfigError
+from fimtune.config import ConfigError, check, setting
+from fimtune.models import DTYPES
 from fimtune.pretrain.fim import FimSettings, FimSettingsError
 from fimtune.pretrain.presets import PresetError, get_preset
+
+
+def _names(value: str) -> list[str]:
+    return [x.strip() for x in value.split(",") if x.strip()]
 
 
 @dataclass
 class PretrainConfig:
     """Everything `fimtune pretrain` does; the effective values are written to <out>/pretrain_config.json."""
 
-    preset: str = "micro"
-    out: str = ""
-    sources: list[str] = field(default_factory=list)  # site-packages folders (default: this Python's)
-    node_modules: list[str] = field(default_factory=list)  # node_modules folders for JS/TS
-    holdout: list[str] = field(default_factory=list)  # package names held out for evaluation
-    holdout_count: int = 3  # without `holdout`: how many mid-sized packages a seeded choice holds out
-    max_data_mb: float = -1.0  # training source text cap in MB (-1: preset default, 0: all)
-    max_package_mb: float = -1.0  # larger packages give a sample of their files up to N MB (-1: preset, 0: whole)
-    tokenizer_mb: float = 0.0  # text the tokenizer is trained on, in MB (0: preset default)
-    vocab_size: int = 0
-    seq_len: int = 0
-    batch_tokens: int = 0
-    grad_accum: int = 0
-    lr: float = 0.0
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.1
-    max_steps: int = 0
-    eval_steps: int = 0
-    eval_rows: int = 0
-    logging_steps: int = 10
-    max_minutes: float = 0.0  # stop this call after N minutes (a checkpoint is saved: continue with --resume)
-    # Size the schedule to N minutes of training (over all calls): max_steps from a timed probe of a few steps.
-    train_minutes: float = 0.0
+    preset: str = setting(
+        "micro",
+        help="model preset: micro (~1M parameters, minutes), nano (~6M, the built-in base, hours on a 2-core CPU) or "
+        "pico (~25M, GPU)",
+        flag=True,
+    )
+    out: str = setting(
+        "", help="run folder: model/, data/, checkpoints/, loss_curve.*, pretrain_report.json", flag=True
+    )
+    sources: list[str] = setting(help="site-packages folders to read (default: this Python's)", factory=list, flag=True)
+    node_modules: list[str] = setting(
+        help="node_modules folders whose JS/TS packages to read as well", factory=list, flag=True
+    )
+    holdout: list[str] = setting(
+        help="packages held out for evaluation, comma-separated", factory=list, flag=True, parse=_names, metavar="NAMES"
+    )
+    holdout_count: int = setting(
+        3, help="without --holdout: a seeded choice of N mid-sized packages is held out", flag=True, at_least=0
+    )
+    max_data_mb: float = setting(
+        -1.0, help="training source text cap in MB (0: all; default per preset)", flag=True, at_least=-1
+    )
+    max_package_mb: float = setting(
+        -1.0,
+        help="a package larger than N MB gives a seeded sample of its files up to N MB (0: whole packages only; "
+        "default per preset)",
+        flag=True,
+        at_least=-1,
+    )
+    tokenizer_mb: float = setting(0.0, help="text the tokenizer is trained on, in MB (0: preset default)", at_least=0)
+    vocab_size: int = setting(
+        0, help="BPE vocabulary size (default per preset)", flag=True, zero="preset", at_least=256
+    )
+    seq_len: int = setting(0, help="tokens per row (default per preset)", flag=True, zero="preset", at_least=16)
+    batch_tokens: int = setting(
+        0, help="tokens per micro-batch per device (default per preset)", flag=True, zero="preset", at_least=16
+    )
+    grad_accum: int = setting(
+        0, help="micro-batches per optimizer step (default per preset)", flag=True, zero="preset", at_least=1
+    )
+    lr: float = setting(
+        0.0, help="peak learning rate, cosine schedule (default per preset)", flag=True, zero="preset", above=0
+    )
+    warmup_ratio: float = setting(0.05, help="share of the steps spent warming up", at_least=0, below=1)
+    weight_decay: float = setting(0.1, help="AdamW weight decay", at_least=0)
+    max_steps: int = setting(
+        0, help="optimizer steps: the schedule's length (default per preset)", flag=True, zero="preset", at_least=1
+    )
+    eval_steps: int = setting(
+        0,
+        help="held-out loss and a checkpoint every N steps (default per preset)",
+        flag=True,
+        zero="preset",
+        at_least=1,
+    )
+    eval_rows: int = setting(0, help="held-out rows evaluated (default per preset)", zero="preset", at_least=1)
+    logging_steps: int = setting(10, help="steps between loss records", at_least=1)
+    max_minutes: float = setting(
+        0.0,
+        help="end this call after N minutes, with a checkpoint (continue with --resume)",
+        flag=True,
+        zero="no limit",
+        above=0,
+    )
+    train_minutes: float = setting(
+        0.0,
+        help="size the schedule (max steps) to N minutes of training in all, from a timed probe of a few steps",
+        flag=True,
+        zero="max_steps decides",
+        above=0,
+    )
     fim: FimSettings = field(default_factory=FimSettings)
-    # Continue from a model fimtune pretrained (a folder or a built-in name): its tokenizer and weights instead of
-    # a new tokenizer and seeded weights; its architecture must be the preset's. A new schedule, data and FIM cuts.
-    init_from: str = ""
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads (0: torch's default)
-    dtype: str = "auto"  # auto: bf16 autocast where torch reports bf16 matrix support, else fp32 | fp32 | bf16
-    resume: bool = False
+    init_from: str = setting(
+        "",
+        help="start from a model fimtune pretrained (a model folder, or `nano`): its tokenizer and weights, with a "
+        "new schedule and new data; the preset must have its architecture",
+        flag=True,
+        metavar="MODEL",
+    )
+    seed: int = setting(0, help="seed for data choice, FIM cuts, order and weights", flag=True)
+    threads: int = setting(0, help="torch CPU threads", flag=True, zero="torch's choice", at_least=1)
+    dtype: str = setting(
+        "auto",
+        help="compute dtype: auto (default) is bf16 autocast with fp32 master weights where torch reports bf16 "
+        "matrix support (CPU or GPU), else fp32",
+        flag=True,
+        choices=DTYPES,
+    )
+    resume: bool = setting(False, help="continue the run in --out from its checkpoint", flag=True)
 
     def effective(self) -> PretrainConfig:
         """A copy with every preset default filled in; validates."""
+        check(self)
         try:
             p = get_preset(self.preset)
         except PresetError as e:
@@ -75,18 +139,10 @@ class PretrainConfig:
             cfg.fim.validate()
         except FimSettingsError as e:
             raise ConfigError(str(e)) from None
-        if cfg.seq_len < 16:
-            raise ConfigError(f"seq_len: at least 16, not {cfg.seq_len}")
         if cfg.batch_tokens < cfg.seq_len:
             raise ConfigError(f"batch_tokens: at least seq_len ({cfg.seq_len}), not {cfg.batch_tokens}")
-        if cfg.max_steps < 1 or cfg.eval_steps < 1 or cfg.logging_steps < 1 or cfg.grad_accum < 1:
-            raise ConfigError("max_steps, eval_steps, logging_steps and grad_accum: at least 1")
         if self.train_minutes and self.max_steps:
             raise ConfigError("max_steps and train_minutes: give one of them (train_minutes sizes max_steps)")
-        if cfg.lr <= 0 or cfg.train_minutes < 0 or cfg.max_minutes < 0 or cfg.holdout_count < 0 or cfg.threads < 0:
-            raise ConfigError("lr: more than 0; train_minutes, max_minutes, holdout_count and threads: 0 or more")
-        if cfg.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"dtype: must be one of auto, fp32, bf16, not {cfg.dtype!r}")
         if not cfg.holdout and cfg.holdout_count == 0:
             raise ConfigError("hold out at least one package (--holdout NAME or --holdout-count N): held-out loss")
         return cfg

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
+from fimtune.config import ConfigError, check, setting
 from fimtune.fim_format import FimTemplate, Piece
 from fimtune.pretrain.data import Document
 from fimtune.records import Snippet
@@ -39,25 +40,37 @@ class FimSettingsError(ValueError):
 class FimSettings:
     """How documents are turned into training sequences (recorded with the model)."""
 
-    rate: float = 0.9  # share of chunks turned into FIM examples; the rest stay left-to-right
-    spm_share: float = 0.5  # share of FIM examples in SPM order (the rest PSM)
-    char_weight: float = 0.4  # cut points anywhere (character level)
-    line_weight: float = 0.3  # middle made of whole lines
-    line_rest_weight: float = 0.3  # middle from inside a line to the end of its content (the commonest cursor)
-    context_rate: float = 0.2  # share of chunks led by repo-level context from other files of the same package
-    max_context_files: int = 3
-    context_lines: int = 30  # lines per context window
+    rate: float = setting(
+        0.9,
+        help="share of documents FIM-transformed (the rest stay left-to-right)",
+        flag="--fim-rate",
+        at_least=0,
+        at_most=1,
+    )
+    spm_share: float = setting(
+        0.5, help="share of FIM documents in SPM order (the rest PSM)", flag="--spm-share", at_least=0, at_most=1
+    )
+    char_weight: float = setting(0.4, help="cut points anywhere (character level)", at_least=0)
+    line_weight: float = setting(0.3, help="middle made of whole lines", at_least=0)
+    line_rest_weight: float = setting(
+        0.3, help="middle from inside a line to the end of its content (the commonest cursor)", at_least=0
+    )
+    context_rate: float = setting(
+        0.2,
+        help="share of chunks led by repo-level context from other files of the same package",
+        at_least=0,
+        at_most=1,
+    )
+    max_context_files: int = setting(3, help="context files per chunk", at_least=1)
+    context_lines: int = setting(30, help="lines per context window", at_least=1)
 
     def validate(self) -> None:
-        for key in ("rate", "spm_share", "context_rate"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise FimSettingsError(f"fim.{key}: must be in [0, 1], not {value}")
-        weights = (self.char_weight, self.line_weight, self.line_rest_weight)
-        if min(weights) < 0 or sum(weights) <= 0:
-            raise FimSettingsError("fim.char_weight, fim.line_weight, fim.line_rest_weight: non-negative, not all 0")
-        if self.max_context_files < 1 or self.context_lines < 1:
-            raise FimSettingsError("fim.max_context_files and fim.context_lines: at least 1")
+        try:
+            check(self, "fim")
+        except ConfigError as e:
+            raise FimSettingsError(str(e)) from None
+        if self.char_weight + self.line_weight + self.line_rest_weight <= 0:
+            raise FimSettingsError("fim.char_weight, fim.line_weight, fim.line_rest_weight: not all 0")
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
