@@ -109,6 +109,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     add_serve_parser(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from fimtune.export.cli import add_export_parser
+
+    add_export_parser(sub)
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     from fimtune.pretrain.cli import add_pretrain_parser
 
@@ -121,6 +127,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_render,
     _add_serve,
+    _add_export,
     _add_pretrain,
 ]
 

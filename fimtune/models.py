@@ -396,3 +396,18 @@ def check_vocab_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
             f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings have {rows} rows; "
             "fimtune does not resize embeddings: use the tokenizer that came with the model"
         )
+
+
+def merge_adapter(base_path: Path, adapter: Path, dest: Path, tokenizer: Any) -> Path:
+    """Fold a LoRA adapter into an unquantized copy of the base and save it (with `tokenizer`) as a plain model
+    folder: what `fimtune train --merge` writes and what `fimtune export` converts."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    return dest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,26 @@ from pathlib import Path
 import pytest
 
 FIXTURE_REPOS = Path(__file__).resolve().parent / "fixtures" / "repos"
+# The user's cache as it was before `fimtune_cache` pointed FIMTUNE_CACHE at a temporary folder: llama.cpp's
+# sources and the llama-server build (minutes) are kept there between test runs (see `user_cache`).
+_USER_CACHE = os.environ.get("FIMTUNE_CACHE")
+
+
+@contextlib.contextmanager
+def user_cache() -> Iterator[None]:
+    """FIMTUNE_CACHE as the user has it, for what is built once per machine rather than once per session."""
+    old = os.environ.get("FIMTUNE_CACHE")
+    if _USER_CACHE is None:
+        os.environ.pop("FIMTUNE_CACHE", None)
+    else:
+        os.environ["FIMTUNE_CACHE"] = _USER_CACHE
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FIMTUNE_CACHE", None)
+        else:
+            os.environ["FIMTUNE_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
@@ -29,6 +28,7 @@ from fimtune.models import (
     context_limit,
     load_base_model,
     load_tokenizer,
+    merge_adapter,
     model_type_of,
     pick_attention,
     resolve_base_model,
@@ -384,13 +384,3 @@ def fit(trainer: Any, resume_from: str | None, error: type[Exception], oom_hint:
         raise error(f"CUDA out of memory {oom_hint}") from None
     except NonFiniteLoss as e:
         raise error(f"{e}; {nan_hint}") from None
-
-
-def merge_adapter(base_path: Path, adapter: Path, dest: Path, tokenizer: Any) -> Path:
-    """Fold the adapter into an unquantized copy of the base and save it as a plain model folder."""
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged.save_pretrained(str(dest), safe_serialization=True)
-    tokenizer.save_pretrained(str(dest))
-    return dest

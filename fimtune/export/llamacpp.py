@@ -1,0 +1,118 @@
+"""llama.cpp from a registry package: the sources the PyPI sdist of llama-cpp-python vendors, its converter, and
+a CPU `llama-server` built from them once with cmake (cached under the fimtune cache folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fimtune.models import cache_root
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the sdist whose vendor/llama.cpp is used; pinned: converter and server must match
+# A llama.cpp source folder to use instead of the sdist's (e.g. a checkout); its server is built beside it.
+SOURCES_ENV = "FIMTUNE_LLAMA_CPP"
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # would download the web UI
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+
+
+class LlamaCppError(Exception):
+    """llama.cpp's sources cannot be had, built or run; the message says what to do."""
+
+
+def home() -> Path:
+    return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON}"
+
+
+def sources(say: Callable[[str], None] = lambda _: None) -> Path:
+    """The llama.cpp source folder: $FIMTUNE_LLAMA_CPP, or the sdist's vendored copy (downloaded with pip once)."""
+    env = os.environ.get(SOURCES_ENV)
+    if env:
+        folder = Path(env).expanduser()
+        if not (folder / "convert_hf_to_gguf.py").is_file():
+            raise LlamaCppError(f"${SOURCES_ENV}={env} is not a llama.cpp source folder (no convert_hf_to_gguf.py)")
+        return folder
+    folder = home() / "src"
+    if (folder / "convert_hf_to_gguf.py").is_file():
+        return folder
+    say(f"getting llama.cpp's sources: pip download llama-cpp-python=={LLAMA_CPP_PYTHON} (sdist, about 77 MB)")
+    with tempfile.TemporaryDirectory(prefix="fimtune-llama-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += [f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", tmp, "-q"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if not archives:
+            raise LlamaCppError(
+                f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON} sdist: {proc.stderr.strip()[-400:]}; "
+                f"or point ${SOURCES_ENV} at a llama.cpp source folder"
+            )
+        _unpack_vendored(archives[0], folder)
+    return folder
+
+
+def _unpack_vendored(archive: Path, dest: Path) -> None:
+    """Extract <sdist>/vendor/llama.cpp into dest (through a sibling folder, so a half copy is never used)."""
+    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        members = []
+        for m in tar.getmembers():
+            if m.name.startswith(prefix) and len(m.name) > len(prefix):
+                m.name = m.name[len(prefix) :]
+                members.append(m)
+        tar.extractall(staging, members=members, filter="data")
+    staging.replace(dest)
+
+
+def server_binary() -> Path:
+    return Path(os.environ[SOURCES_ENV]).expanduser() / "build" if os.environ.get(SOURCES_ENV) else home() / "build"
+
+
+def build_server(say: Callable[[str], None] = lambda _: None) -> Path:
+    """The `llama-server` executable, built (CPU) with cmake the first time; the build's time is recorded in
+    build.json beside it."""
+    build = server_binary()
+    exe = build / "bin" / "llama-server"
+    if exe.is_file():
+        return exe
+    src = sources(say)
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise LlamaCppError(f"building llama-server needs {tool} on PATH (e.g. apt install cmake g++)")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    jobs = str(os.cpu_count() or 1)
+    say(f"building llama-server from {src} with cmake ({jobs} jobs; about 5-8 minutes on 2 cores, once)")
+    started = time.perf_counter()
+    log = build.with_name("build.log")
+    build.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        for step in (
+            ["cmake", "-S", str(src), "-B", str(build), *generator, *CMAKE_FLAGS],
+            ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+        ):
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise LlamaCppError(f"building llama-server failed ({' '.join(step[:3])} ...); see {log}")
+    seconds = time.perf_counter() - started
+    record = {"llama_cpp_python": LLAMA_CPP_PYTHON, "seconds": round(seconds, 1), "jobs": int(jobs)}
+    (build / "build.json").write_text(json.dumps({**record, "cmake_flags": list(CMAKE_FLAGS)}, indent=2) + "\n")
+    say(f"built {exe} in {seconds:.0f}s")
+    return exe

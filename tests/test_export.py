@@ -1,0 +1,144 @@
+"""`fimtune export`: the Ollama Modelfile and the vLLM command line, field by field against the documentation of
+each (Ollama and vLLM do not run here), and the GGUF of a tuned run (adapter merged) served by a real llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fimtune.export.run import VLLM_LORA_RANKS, export, ollama_modelfile, resolve_source, vllm_commands, vllm_lora_rank
+from fimtune.fim_format import stop_strings
+
+
+def test_vllm_command_serves_the_adapter_beside_its_base(tiny_run: Path, tmp_path: Path) -> None:
+    # https://docs.vllm.ai/en/latest/features/lora.html: `vllm serve BASE --enable-lora --lora-modules
+    # NAME=PATH`; --max-lora-rank must hold the adapter's rank and is one of vLLM's allowed values
+    # (https://docs.vllm.ai/en/latest/configuration/engine_args.html#-max-lora-rank).
+    src = resolve_source(str(tiny_run))
+    serve, client = vllm_commands(src, "team")
+    assert serve[:3] == ["vllm", "serve", src.base_name]
+    assert serve[serve.index("--lora-modules") + 1] == f"team={tiny_run.resolve()}"
+    assert "--enable-lora" in serve
+    rank = json.loads((tiny_run / "adapter_config.json").read_text())["r"]
+    assert int(serve[serve.index("--max-lora-rank") + 1]) == vllm_lora_rank(rank) >= rank
+    assert int(serve[serve.index("--max-model-len") + 1]) == src.spec.budgets.max_tokens
+    # fimtune serve through it: the openai engine, the served adapter's name, the run (its template and budgets)
+    assert client[:5] == ["fimtune", "serve", "--engine", "openai", "--endpoint"]
+    assert client[client.index("--model") + 1] == "team"
+    assert client[client.index("--run") + 1] == str(tiny_run.resolve())
+    readme = export(str(tiny_run), "vllm", tmp_path / "vllm", name="team", say=lambda _: None).read_text()
+    assert shlex.join(serve) in readme and shlex.join(client) in readme
+
+
+def test_vllm_lora_ranks() -> None:
+    assert [vllm_lora_rank(r) for r in (1, 2, 8, 9, 16, 64, 200)] == [1, 8, 8, 16, 16, 64, 256]
+    assert tuple(sorted(VLLM_LORA_RANKS)) == VLLM_LORA_RANKS
+
+
+def test_ollama_modelfile_has_the_raw_template_and_every_stop(tiny_run: Path) -> None:
+    # https://github.com/ollama/ollama/blob/main/docs/modelfile.md: FROM a GGUF file relative to the Modelfile;
+    # TEMPLATE in Go template syntax with .Prompt (and .Suffix for fill-in-the-middle requests); one
+    # `PARAMETER stop "..."` line per stop sequence; PARAMETER temperature and num_ctx.
+    src = resolve_source(str(tiny_run))
+    text = ollama_modelfile(src, "model-f16.gguf")
+    lines = text.splitlines()
+    assert "FROM ./model-f16.gguf" in lines
+    t = src.spec.template
+    (template,) = [line for line in lines if line.startswith("TEMPLATE ")]
+    assert template == (
+        'TEMPLATE """{{- if .Suffix }}'
+        f"{t.prefix}{{{{ .Prompt }}}}{t.suffix}{{{{ .Suffix }}}}{t.middle}"
+        '{{- else }}{{ .Prompt }}{{- end }}"""'
+    )
+    stops = [json.loads(line.removeprefix("PARAMETER stop ")) for line in lines if line.startswith("PARAMETER stop ")]
+    assert stops == list(stop_strings(t))
+    assert "PARAMETER temperature 0" in lines
+    assert f"PARAMETER num_ctx {src.spec.budgets.max_tokens}" in lines
+
+
+def test_a_folder_that_is_neither_a_run_nor_a_model_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fimtune", "export", str(tmp_path), "--to", "vllm"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("fimtune export: error: ") and str(tmp_path) in line
+
+
+def test_a_bad_quant_names_the_flag(tiny_run: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fimtune", "export", str(tiny_run), "--quant", "q4"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "fimtune export: error: --quant: must be one of f16, q8_0, f32, not 'q4'"
+
+
+@pytest.fixture(scope="module")
+def nano_run(fimtune_cache: Path, tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 steps of LoRA on `nano` with a large learning rate: a tuned run whose tokenizer llama.cpp can load."""
+    torch = pytest.importorskip("torch")
+    from fimtune.train.config import TrainConfig
+    from fimtune.train.sft import train
+
+    out = tmp_path_factory.mktemp("nano-run") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(
+            TrainConfig(
+                corpus=str(tiny_corpus),
+                base_model="nano",
+                out=str(out),
+                seq_len=256,
+                batch_tokens=512,
+                max_middle_tokens=64,
+                max_steps=3,
+                lr=5e-2,
+                warmup_ratio=0.0,
+                lr_scheduler="constant",
+                logging_steps=1,
+                eval_examples=2,
+                eval_steps=3,
+                max_train_examples=16,
+            )
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_a_bytes_only_tokenizer_is_refused_before_any_conversion(tiny_run: Path, tmp_path: Path) -> None:
+    from fimtune.export.run import ExportError
+
+    with pytest.raises(ExportError, match="BPE without merges"):
+        export(str(tiny_run), "gguf", tmp_path, say=lambda _: None)
+
+
+def test_a_tuned_run_exported_to_gguf_completes_as_the_local_engine(nano_run: Path, tmp_path: Path) -> None:
+    from fimtune.engines.base import EngineSettings, make_engine
+    from fimtune.export.llamacpp import build_server
+    from tests.conftest import user_cache
+    from tests.test_llamacpp_real import LlamaServer, cursors
+
+    with user_cache():
+        exe = build_server(say=print)
+        readme = export(str(nano_run), "ollama", tmp_path / "ollama", quant="f32", name="team", say=print)
+    folder = readme.parent
+    assert (folder / "Modelfile").is_file() and "ollama create team -f Modelfile" in readme.read_text()
+    server = LlamaServer(exe, folder / "model-f32.gguf")
+    try:
+        local = make_engine(EngineSettings(run=str(nano_run), device="cpu", dtype="fp32"))
+        remote = make_engine(EngineSettings(engine="openai", endpoint=server.url, run=str(nano_run)))
+        spec = local.prompt_spec()  # type: ignore[attr-defined]
+        reqs = [spec.request(c, max_tokens=12) for c in cursors(12, seed=1)]
+        same = sum(local.complete(r).text == remote.complete(r).text for r in reqs)
+        assert same >= 9, same  # the merged adapter is in the GGUF: the tuned model, not its base
+        base = make_engine(EngineSettings(base_model="nano", device="cpu", dtype="fp32"))
+        assert sum(base.complete(r).text == remote.complete(r).text for r in reqs) < same
+    finally:
+        server.close()
