@@ -226,3 +226,31 @@ def test_a_prompt_longer_than_the_servers_context_is_a_clear_error(
         assert remote.complete(short).stop_reason in ("end", "stop", "length")  # and it keeps serving
     finally:
         small.close()
+
+
+def test_eval_through_llama_server_scores_as_the_local_engine(
+    server: LlamaServer, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from fimtune.eval.run import EvalConfig, run_eval
+
+    common = {
+        "corpus": str(tiny_corpus),
+        "base_model": "nano",
+        "split": "train",
+        "limit": 30,
+        "max_tokens": 24,
+        "dtype": "fp32",
+    }
+    local = run_eval(EvalConfig(**common, out=str(tmp_path / "local.json")), progress=False)
+    served = run_eval(
+        EvalConfig(**common, engine="openai", endpoint=server.url, out=str(tmp_path / "served.json")), progress=False
+    )
+    a = {r["id"]: r for r in local.examples}
+    b = {r["id"]: r for r in served.examples}
+    assert a.keys() == b.keys() and len(a) >= 10
+    (ma,), (mb,) = local.report["models"].values(), served.report["models"].values()
+    # The same prompts: exact match within one example of each other (a near-tied greedy step may part them).
+    assert abs(ma["exact_match"] - mb["exact_match"]) <= 1 / len(a) + 1e-9, (ma["exact_match"], mb["exact_match"])
+    same = sum(a[k]["completion"] == b[k]["completion"] for k in a)
+    print(f"eval: exact match local {ma['exact_match']:.3f}, llama-server {mb['exact_match']:.3f}; {same}/{len(a)} same")
+    assert same >= 0.8 * len(a)
