@@ -121,9 +121,9 @@ def test_a_bytes_only_tokenizer_is_refused_before_any_conversion(tiny_run: Path,
 
 def test_a_tuned_run_exported_to_gguf_completes_as_the_local_engine(nano_run: Path, tmp_path: Path) -> None:
     from fimtune.engines.base import EngineSettings, make_engine
-    from fimtune.export.llamacpp import build_server
+    from fimtune.export.llamacpp import LlamaServer, build_server
     from tests.conftest import user_cache
-    from tests.test_llamacpp_real import LlamaServer, cursors
+    from tests.test_llamacpp_real import cursors
 
     with user_cache():
         exe = build_server(say=print)

@@ -3,14 +3,10 @@ exported by `fimtune export`, against fimtune's own local engine on the same pro
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ from typing import Any
 import pytest
 
 from fimtune.engines.base import Engine, EngineError, EngineRequest, EngineSettings, make_engine
+from fimtune.export.llamacpp import LlamaServer
 from fimtune.fim_format import FimRequest
 from tests.conftest import user_cache
 
@@ -45,40 +42,6 @@ def nano_gguf(tmp_path_factory: pytest.TempPathFactory, llama_server_exe: Path) 
     with user_cache():
         export("nano", "gguf", out, "f32", say=print)
     return out / "model-f32.gguf"
-
-
-class LlamaServer:
-    def __init__(self, exe: Path, gguf: Path, ctx: int = 2048) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx)]
-        cmd += ["-np", "1", "-t", "2", "--no-warmup"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else "llama-server exited"
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("llama-server did not become healthy in 60 s")
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -252,5 +215,5 @@ def test_eval_through_llama_server_scores_as_the_local_engine(
     # The same prompts: exact match within one example of each other (a near-tied greedy step may part them).
     assert abs(ma["exact_match"] - mb["exact_match"]) <= 1 / len(a) + 1e-9, (ma["exact_match"], mb["exact_match"])
     same = sum(a[k]["completion"] == b[k]["completion"] for k in a)
-    print(f"eval: exact match local {ma['exact_match']:.3f}, llama-server {mb['exact_match']:.3f}; {same}/{len(a)} same")
+    print(f"eval: exact match {ma['exact_match']:.3f} local, {mb['exact_match']:.3f} served; {same}/{len(a)} same")
     assert same >= 0.8 * len(a)

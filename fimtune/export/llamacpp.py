@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fimtune.models import cache_root
 
@@ -116,3 +119,48 @@ def build_server(say: Callable[[str], None] = lambda _: None) -> Path:
     (build / "build.json").write_text(json.dumps({**record, "cmake_flags": list(CMAKE_FLAGS)}, indent=2) + "\n")
     say(f"built {exe} in {seconds:.0f}s")
     return exe
+
+
+class LlamaServer:
+    """A llama-server on a free local port, serving one GGUF with one slot; ready when constructed."""
+
+    def __init__(self, exe: Path, gguf: Path, ctx: int = 2048, threads: int = 2) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx)]
+        cmd += ["-np", "1", "-t", str(threads), "--no-warmup"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise LlamaCppError(f"llama-server exited while loading {gguf}: {err.strip()[-400:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise LlamaCppError(f"llama-server did not answer /health within 60 s for {gguf}")
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> LlamaServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
