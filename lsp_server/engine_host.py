@@ -12,6 +12,7 @@ from typing import Any
 from fimtune.config import ConfigError, ContextConfig, from_dict
 from fimtune.engines.base import Engine, EngineError, EngineSettings, make_engine
 from fimtune.fim_format import FimFormatError
+from fimtune.models import ModelError
 from fimtune.prompting import PromptSpec, resolve_prompt
 from fimtune.run_meta import RunMetaError, read_run_meta
 from lsp_server.settings import Settings
@@ -50,19 +51,23 @@ def prompt_spec(engine: Engine, settings: Settings) -> PromptSpec:
     """How requests are rendered for this engine: the local engine knows its tokenizer; the others read the
     run folder's fimtune.json, or use the named template."""
     maker: Any = getattr(engine, "prompt_spec", None)
+    base = settings.base_model if not settings.run and "baseModel" in settings.given else None
     try:
         if callable(maker):
             spec: PromptSpec = maker(settings.template)
-        elif not settings.run and settings.template == "auto":
+        elif not settings.run and base is None and settings.template == "auto":
             if settings.engine != "fixed":
                 raise EngineError(
                     f"{settings.engine} engine: set `template` to the served model's FIM template "
-                    "(e.g. qwen2.5-coder), or `run` to the run folder it was tuned in; `auto` needs the local engine"
+                    "(e.g. qwen2.5-coder), `baseModel` to the served model's folder, or `run` to the run folder "
+                    "it was tuned in; `auto` needs one of them"
                 )
             spec = resolve_prompt(template="fimtune")
         else:
-            spec = resolve_prompt(run=settings.run or None, template=settings.template)
-    except (FimFormatError, RunMetaError) as e:
+            # A served base model the client named (its folder or a built-in name): its template and exact token
+            # budgets from its tokenizer.json, as eval and the local engine count them.
+            spec = resolve_prompt(run=settings.run or None, base_model=base, template=settings.template)
+    except (FimFormatError, RunMetaError, ModelError) as e:
         raise EngineError(f"{settings.engine} engine: {e}") from None
     spec.context = dataclasses.replace(spec.context, max_chars=context_config(settings).max_chars)
     return spec

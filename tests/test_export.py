@@ -21,7 +21,7 @@ def test_vllm_command_serves_the_adapter_beside_its_base(tiny_run: Path, tmp_pat
     # (https://docs.vllm.ai/en/latest/configuration/engine_args.html#-max-lora-rank).
     src = resolve_source(str(tiny_run))
     serve, client = vllm_commands(src, "team")
-    assert serve[:3] == ["vllm", "serve", src.base_name]
+    assert serve[:3] == ["vllm", "serve", str(src.base.resolve())]  # a built-in base: its folder, not a hub id
     assert serve[serve.index("--lora-modules") + 1] == f"team={tiny_run.resolve()}"
     assert "--enable-lora" in serve
     rank = json.loads((tiny_run / "adapter_config.json").read_text())["r"]

@@ -28,12 +28,15 @@ DOC_TAIL = "".join(f"\n\nclass Widget{i}:\n    size = {i}\n" for i in range(40))
 CURSOR_LINE = "def total(values):\n    result = 0\n    for v in values:\n        result += "
 
 
-def served_prompts(run: Path, root: Path, doc: Path, text: str, line: int, character: int) -> dict[str, Any]:
+def served_prompts(
+    run: Path | None, root: Path, doc: Path, text: str, line: int, character: int, base_model: str = ""
+) -> dict[str, Any]:
     prompts = {}
     for engine in ENGINES:
+        model = {"run": str(run)} if run is not None else {"baseModel": base_model}
         settings = {
             "engine": engine,
-            "run": str(run),
+            **model,
             "endpoint": "http://127.0.0.1:9",
             "model": "m",
             "device": "cpu",
@@ -140,3 +143,20 @@ def qwen_run(tiny_corpus: Path, fimtune_cache: Path, tmp_path_factory: pytest.Te
 def test_every_engine_shows_the_training_prompt_with_the_qwen_tokenizer(qwen_run: Path, tmp_path: Path) -> None:
     assert read_run_meta(qwen_run).template == "qwen2.5-coder"
     check_identity(qwen_run, tmp_path)
+
+
+def test_a_served_base_model_named_by_the_client_gets_the_local_engines_prompt(tmp_path: Path) -> None:
+    """Without a run: an HTTP engine told the served model's folder (here the built-in `nano`, as exported with
+    `fimtune export nano`) budgets with its tokenizer.json and shows the local engine's bytes."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    text = DOC_HEAD * 3 + CURSOR_LINE + "\n" + DOC_TAIL
+    doc = root / "doc.py"
+    doc.write_text(text)
+    line = (DOC_HEAD * 3 + CURSOR_LINE).count("\n")
+    character = len(CURSOR_LINE.rsplit("\n", 1)[-1])
+    prompts = served_prompts(None, root, doc, text, line, character, base_model="nano")
+    first = prompts["local"]
+    assert len(first["prompt"]) < len(text)  # cut by nano's budgets
+    for engine, p in prompts.items():
+        assert p["prompt"].encode() == first["prompt"].encode(), engine

@@ -153,18 +153,34 @@ def vllm_lora_rank(rank: int) -> int:
 def vllm_commands(src: Source, name: str, port: int = 8000) -> tuple[list[str], list[str]]:
     """`vllm serve` (https://docs.vllm.ai/en/latest/features/lora.html) and the matching `fimtune serve`."""
     max_len = src.spec.budgets.max_tokens
-    serve = ["vllm", "serve", src.base_name, "--port", str(port), "--max-model-len", str(max_len)]
+    serve = ["vllm", "serve", _served_base(src), "--port", str(port), "--max-model-len", str(max_len)]
     if src.adapter is not None:
         adapter = str(src.adapter.resolve())
         serve += ["--enable-lora", "--lora-modules", f"{name}={adapter}", "--max-lora-rank"]
         serve.append(str(vllm_lora_rank(src.lora_rank)))
     client = ["fimtune", "serve", "--engine", "openai", "--endpoint", f"http://127.0.0.1:{port}"]
-    client += ["--model", name if src.adapter is not None else src.base_name]
+    client += ["--model", name if src.adapter is not None else _served_base(src)]
     if src.adapter is not None:
         client += ["--run", str(Path(src.label).resolve())]
     else:
-        client += ["--template", src.spec.template.name]
+        client += ["--base-model", _base_arg(src)]
     return serve, client
+
+
+def _served_base(src: Source) -> str:
+    """The base as vLLM loads it: a hub id as given, else (a built-in model, a local folder) its folder."""
+    local = src.base_name in _builtin_names() or Path(src.base_name).expanduser().exists()
+    return str(src.base.resolve()) if local else src.base_name
+
+
+def _base_arg(src: Source) -> str:
+    return shlex.quote(src.label if src.label in _builtin_names() else str(Path(src.label).expanduser().resolve()))
+
+
+def _builtin_names() -> tuple[str, ...]:
+    from fimtune.models import BUILTIN_MODELS, TINY
+
+    return (*BUILTIN_MODELS, TINY)
 
 
 def _join(cmd: list[str]) -> str:
@@ -183,7 +199,8 @@ def export(
     name = name or Path(model).name or "fimtune"
     out.mkdir(parents=True, exist_ok=True)
     t = src.spec.template
-    run_flag = f"--run {shlex.quote(str(Path(model).resolve()))}" if src.adapter else f"--template {t.name}"
+    # How `fimtune serve` and `fimtune eval` name the model, so they budget prompts with its tokenizer.
+    run_flag = f"--run {shlex.quote(str(Path(model).resolve()))}" if src.adapter else f"--base-model {_base_arg(src)}"
     info: dict[str, Any] = {
         "source": src.label,
         "template": t.name,
@@ -201,7 +218,7 @@ def export(
             (out / "Modelfile").write_text(ollama_modelfile(src, gguf.name), encoding="utf-8")
             text = _ollama_readme(name, run_flag)
         else:
-            text = _gguf_readme(gguf.name, run_flag)
+            text = _gguf_readme(gguf.name, run_flag, src.spec.budgets.max_tokens)
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     readme = out / "README.md"
     readme.write_text(f"# {name}: fimtune export for {to}\n\nFrom `{src.label}`, template `{t.name}`.\n\n{text}")
@@ -213,12 +230,12 @@ def _tokenizer_of(src: Source) -> Path:
     return folder / "tokenizer.json"
 
 
-def _gguf_readme(gguf: str, run_flag: str) -> str:
+def _gguf_readme(gguf: str, run_flag: str, ctx: int) -> str:
     return f"""Serve it with llama.cpp's server (the GGUF carries the template's FIM tokens, so `/infill` lays out the
 same template):
 
 ```bash
-llama-server -m {gguf} --port 8080 -c 2048
+llama-server -m {gguf} --port 8080 -c {ctx}
 ```
 
 Complete in the editor through it, with the prompt fimtune renders itself (byte for byte what training showed
@@ -266,5 +283,5 @@ Complete in the editor through it (fimtune renders the prompt; vLLM's `/v1/compl
 {_join(client)}
 ```
 
-Score it: `fimtune eval --corpus CORPUS {_join(client[3:])}`.
+Score it: `fimtune eval --corpus CORPUS {_join(client[2:])}`.
 """
