@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -22,24 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def cursors(n: int, seed: int) -> list:
-    from fimtune.fim_format import FimRequest
-
-    rng = random.Random(seed)
-    files = sorted((ROOT / "fimtune").rglob("*.py"))
-    out = []
-    while len(out) < n:
-        path = rng.choice(files)
-        text = path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
-        if len(lines) < 10:
-            continue
-        k = rng.randrange(3, len(lines) - 1)
-        pos = sum(map(len, lines[:k])) + rng.randrange(0, max(1, len(lines[k].rstrip())))
-        out.append(FimRequest("fimtune", str(path.relative_to(ROOT)), "python", text[:pos], text[pos:]))
-    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -61,6 +42,7 @@ def main() -> int:
     from fimtune.engines.base import EngineSettings, make_engine
     from fimtune.export.llamacpp import LLAMA_CPP_PYTHON, LlamaServer, build_server
     from fimtune.export.run import export
+    from tests.cursors import cursors
 
     torch.set_num_threads(args.threads)
     exe = build_server(say=print)

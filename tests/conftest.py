@@ -69,6 +69,11 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(fimtune_cache: Path, tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `fimtune train` run folder: 3 steps of LoRA on `tiny` with a large learning rate, so the adapter
     visibly moves the model's outputs."""
+    return short_run("tiny", tiny_corpus, tmp_path_factory.mktemp("tiny-run") / "run")
+
+
+def short_run(base_model: str, corpus: Path, out: Path) -> Path:
+    """3 steps of LoRA on `base_model` with a large learning rate, so the adapter visibly moves its outputs."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("trl")
     from fimtune.train.config import TrainConfig
@@ -77,11 +82,10 @@ def tiny_run(fimtune_cache: Path, tiny_corpus: Path, tmp_path_factory: pytest.Te
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two shared cores: one intra-op thread is much faster than two fighting
     try:
-        out = tmp_path_factory.mktemp("tiny-run") / "run"
         train(
             TrainConfig(
-                corpus=str(tiny_corpus),
-                base_model="tiny",
+                corpus=str(corpus),
+                base_model=base_model,
                 out=str(out),
                 seq_len=256,
                 batch_tokens=512,

@@ -81,35 +81,9 @@ def test_a_bad_quant_names_the_flag(tiny_run: Path) -> None:
 @pytest.fixture(scope="module")
 def nano_run(fimtune_cache: Path, tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 steps of LoRA on `nano` with a large learning rate: a tuned run whose tokenizer llama.cpp can load."""
-    torch = pytest.importorskip("torch")
-    from fimtune.train.config import TrainConfig
-    from fimtune.train.sft import train
+    from tests.conftest import short_run
 
-    out = tmp_path_factory.mktemp("nano-run") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(
-            TrainConfig(
-                corpus=str(tiny_corpus),
-                base_model="nano",
-                out=str(out),
-                seq_len=256,
-                batch_tokens=512,
-                max_middle_tokens=64,
-                max_steps=3,
-                lr=5e-2,
-                warmup_ratio=0.0,
-                lr_scheduler="constant",
-                logging_steps=1,
-                eval_examples=2,
-                eval_steps=3,
-                max_train_examples=16,
-            )
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return short_run("nano", tiny_corpus, tmp_path_factory.mktemp("nano-run") / "run")
 
 
 def test_a_bytes_only_tokenizer_is_refused_before_any_conversion(tiny_run: Path, tmp_path: Path) -> None:
@@ -123,7 +97,7 @@ def test_a_tuned_run_exported_to_gguf_completes_as_the_local_engine(nano_run: Pa
     from fimtune.engines.base import EngineSettings, make_engine
     from fimtune.export.llamacpp import LlamaServer, build_server
     from tests.conftest import user_cache
-    from tests.test_llamacpp_real import cursors
+    from tests.cursors import cursors
 
     with user_cache():
         exe = build_server(say=print)

@@ -3,7 +3,6 @@ exported by `fimtune export`, against fimtune's own local engine on the same pro
 
 from __future__ import annotations
 
-import random
 import shutil
 import threading
 import time
@@ -17,6 +16,7 @@ from fimtune.engines.base import Engine, EngineError, EngineRequest, EngineSetti
 from fimtune.export.llamacpp import LlamaServer
 from fimtune.fim_format import FimRequest
 from tests.conftest import user_cache
+from tests.cursors import cursors
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(
@@ -54,23 +54,6 @@ def server(llama_server_exe: Path, nano_gguf: Path) -> Iterator[LlamaServer]:
 @pytest.fixture(scope="module")
 def local() -> Engine:
     return make_engine(EngineSettings(engine="local", base_model="nano", device="cpu", dtype="fp32"))
-
-
-def cursors(n: int, seed: int = 0) -> list[FimRequest]:
-    """Cursors inside this repository's own source files, inside a line or at its start."""
-    rng = random.Random(seed)
-    files = sorted((REPO / "fimtune").rglob("*.py"))
-    out: list[FimRequest] = []
-    while len(out) < n:
-        path = rng.choice(files)
-        text = path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
-        if len(lines) < 10:
-            continue
-        k = rng.randrange(3, len(lines) - 1)
-        pos = sum(map(len, lines[:k])) + rng.randrange(0, max(1, len(lines[k].rstrip())))
-        out.append(FimRequest("fimtune", str(path.relative_to(REPO)), "python", text[:pos], text[pos:]))
-    return out
 
 
 def requests(local: Engine, n: int, max_tokens: int = 24) -> list[EngineRequest]:

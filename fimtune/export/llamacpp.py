@@ -131,11 +131,14 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx)]
         cmd += ["-np", "1", "-t", str(threads), "--no-warmup"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its log goes to a file: a pipe nobody reads fills after some requests and then blocks the server.
+        self.log = tempfile.TemporaryFile(mode="w+", prefix="llama-server-", suffix=".log")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
+                self.log.seek(0)
+                err = self.log.read()
                 raise LlamaCppError(f"llama-server exited while loading {gguf}: {err.strip()[-400:]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -158,6 +161,7 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
     def __enter__(self) -> LlamaServer:
         return self
