@@ -3,9 +3,12 @@ exported by `fimtune export`, against fimtune's own local engine on the same pro
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +203,47 @@ def test_eval_through_llama_server_scores_as_the_local_engine(
     same = sum(a[k]["completion"] == b[k]["completion"] for k in a)
     print(f"eval: exact match {ma['exact_match']:.3f} local, {mb['exact_match']:.3f} served; {same}/{len(a)} same")
     assert same >= 0.8 * len(a)
+
+
+def test_a_model_the_server_has_not_loaded_is_a_clear_error(llama_server_exe: Path, nano_gguf: Path) -> None:
+    """llama-server's router mode: a model in its folder, not loaded (no autoload), and a name it does not know."""
+    import socket as _socket
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = nano_gguf.parent
+    cmd = [str(llama_server_exe), "--models-dir", str(folder), "--no-models-autoload", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "-t", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
+                    names = [m["id"] for m in json.loads(r.read())["data"]]
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert nano_gguf.stem in names
+        req = EngineRequest(
+            rendered=_short_render(), fim=FimRequest("r", "a.py", "python", "x = ", "\n"), max_tokens=4, stop=()
+        )
+        for model, needle in ((nano_gguf.stem, "has not loaded it"), ("nope", "Set model to a name the server lists")):
+            engine = make_engine(EngineSettings(engine="openai", endpoint=url, model=model))
+            with pytest.raises(EngineError) as err:
+                engine.complete(req)
+            assert needle in str(err.value) and url in str(err.value) and "\n" not in str(err.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _short_render() -> Any:
+    from fimtune.prompting import resolve_prompt
+
+    spec = resolve_prompt(template="fimtune")
+    return spec.render(FimRequest("r", "a.py", "python", "x = ", "\n"))

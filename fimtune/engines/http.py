@@ -202,6 +202,17 @@ class _Call:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+# What every HTTP engine says when the server runs but has no model ready (llama-server answers 503 "Loading
+# model" while it loads, and its router mode 400 "model is not loaded" for a known model it has not loaded).
+SERVER_STATE_HINTS = {
+    "loading model": "The server is still loading the model; completions start when it is ready",
+    "model is not loaded": (
+        "The server knows the model but has not loaded it: load it (llama-server's router: POST /models/load "
+        '{"model": NAME}) or start the server with the model loaded'
+    ),
+}
+
+
 class HttpStream:
     """One engine's HTTP side: an httpx client (keep-alive pool, connect/read timeouts from EngineSettings) and
     `post`, a streaming POST that applies stop strings, honours `cancel` and turns every failure into EngineError.
@@ -233,7 +244,8 @@ class HttpStream:
         self.timeout_s = settings.timeout_s
         self.connect_timeout_s = settings.connect_timeout_s
         self.not_found_hint = not_found_hint  # what to do when the server does not know the model
-        self.hints = hints or {}  # substring of a server error message (lower case) -> what to do
+        # substring of a server error message (lower case) -> what to do; the engine's own first
+        self.hints = {**(hints or {}), **SERVER_STATE_HINTS}
         # The reader's own read timeout is a backstop: the caller's deadline (timeout_s for the whole call) fires
         # first and reports the timeout.
         timeout = httpx.Timeout(settings.timeout_s + 1.0, connect=settings.connect_timeout_s)
