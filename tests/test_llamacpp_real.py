@@ -177,16 +177,29 @@ def test_a_prompt_longer_than_the_servers_context_is_a_clear_error(
         small.close()
 
 
+@pytest.fixture(scope="module")
+def own_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus of fimtune's own package, held-out files for eval: Python that nano completes now and then."""
+    from fimtune.config import CorpusConfig
+    from fimtune.corpus.pipeline import build_corpus
+
+    out = tmp_path_factory.mktemp("own-corpus") / "corpus"
+    repo = tmp_path_factory.mktemp("own-repo") / "fimtune"
+    shutil.copytree(REPO / "fimtune", repo, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    cfg = CorpusConfig(repos=[str(repo)], out=str(out), workers=1, split="file", test_fraction=0.3)
+    build_corpus(cfg, progress=False)
+    return out
+
+
 def test_eval_through_llama_server_scores_as_the_local_engine(
-    server: LlamaServer, tiny_corpus: Path, tmp_path: Path
+    server: LlamaServer, own_corpus: Path, tmp_path: Path
 ) -> None:
     from fimtune.eval.run import EvalConfig, run_eval
 
     common = {
-        "corpus": str(tiny_corpus),
+        "corpus": str(own_corpus),
         "base_model": "nano",
-        "split": "train",
-        "limit": 30,
+        "limit": 40,
         "max_tokens": 24,
         "dtype": "fp32",
     }
@@ -198,11 +211,11 @@ def test_eval_through_llama_server_scores_as_the_local_engine(
     b = {r["id"]: r for r in served.examples}
     assert a.keys() == b.keys() and len(a) >= 10
     (ma,), (mb,) = local.report["models"].values(), served.report["models"].values()
-    # The same prompts: exact match within one example of each other (a near-tied greedy step may part them).
-    assert abs(ma["exact_match"] - mb["exact_match"]) <= 1 / len(a) + 1e-9, (ma["exact_match"], mb["exact_match"])
+    # The same prompts: exact match within two examples of each other (a near-tied greedy step may part them).
+    assert abs(ma["exact_match"] - mb["exact_match"]) <= 2 / len(a) + 1e-9, (ma["exact_match"], mb["exact_match"])
     same = sum(a[k]["completion"] == b[k]["completion"] for k in a)
     print(f"eval: exact match {ma['exact_match']:.3f} local, {mb['exact_match']:.3f} served; {same}/{len(a)} same")
-    assert same >= 0.8 * len(a)
+    assert same >= 0.8 * len(a)  # measured: 37 of 40
 
 
 def test_a_model_the_server_has_not_loaded_is_a_clear_error(llama_server_exe: Path, nano_gguf: Path) -> None:
