@@ -260,3 +260,28 @@ def _short_render() -> Any:
 
     spec = resolve_prompt(template="fimtune")
     return spec.render(FimRequest("r", "a.py", "python", "x = ", "\n"))
+
+
+def test_a_server_whose_starter_dies_goes_with_it(llama_server_exe: Path, nano_gguf: Path) -> None:
+    """The process that started a LlamaServer is killed without closing it: the kernel stops the server."""
+    import sys
+
+    code = (
+        "import os, sys\nfrom pathlib import Path\nfrom fimtune.export.llamacpp import LlamaServer\n"
+        f"s = LlamaServer(Path({str(llama_server_exe)!r}), Path({str(nano_gguf)!r}))\n"
+        "print(s.proc.pid, flush=True)\nos.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    pid = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), f"llama-server {pid} outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

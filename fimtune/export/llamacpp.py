@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,15 @@ def _unpack_vendored(archive: Path, dest: Path) -> None:
     staging.replace(dest)
 
 
-def server_binary() -> Path:
+def build_dir() -> Path:
+    """Where llama-server is built: beside $FIMTUNE_LLAMA_CPP's sources, else in the fimtune cache."""
     return Path(os.environ[SOURCES_ENV]).expanduser() / "build" if os.environ.get(SOURCES_ENV) else home() / "build"
 
 
 def build_server(say: Callable[[str], None] = lambda _: None) -> Path:
     """The `llama-server` executable, built (CPU) with cmake the first time; the build's time is recorded in
     build.json beside it."""
-    build = server_binary()
+    build = build_dir()
     exe = build / "bin" / "llama-server"
     if exe.is_file():
         return exe
@@ -133,7 +135,11 @@ class LlamaServer:
         cmd += ["-np", "1", "-t", str(threads), "--no-warmup"]
         # Its log goes to a file: a pipe nobody reads fills after some requests and then blocks the server.
         self.log = tempfile.TemporaryFile(mode="w+", prefix="llama-server-", suffix=".log")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True, preexec_fn=_die_with_parent(os.getpid())
+        )
+        # Stopped by close(), at interpreter exit if nobody called it, and by the kernel if this process dies.
+        self._stop = weakref.finalize(self, _stop, self.proc, self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -155,16 +161,37 @@ class LlamaServer:
             return json.loads(r.read())
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self._stop()
 
     def __enter__(self) -> LlamaServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop(proc: subprocess.Popen[str], log: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For Popen's preexec_fn on Linux: the server gets SIGTERM when the process that started it dies, even by
+    SIGKILL, so a crashed client never leaves a llama-server behind (elsewhere: None, close() and exit only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the signal was armed
+            os._exit(1)
+
+    return arm
