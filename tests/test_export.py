@@ -116,3 +116,22 @@ def test_a_tuned_run_exported_to_gguf_completes_as_the_local_engine(nano_run: Pa
         assert sum(base.complete(r).text == remote.complete(r).text for r in reqs) < same
     finally:
         server.close()
+
+
+def test_a_family_the_converter_does_not_take_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """No hand-kept list of families: llama.cpp's converter decides, and its refusal becomes one line."""
+    import shutil
+
+    from fimtune.export.run import ExportError
+    from fimtune.models import resolve_builtin
+    from tests.conftest import user_cache
+
+    model = tmp_path / "foo-model"
+    shutil.copytree(resolve_builtin("nano"), model)
+    config = json.loads((model / "config.json").read_text())
+    config |= {"architectures": ["FooForCausalLM"], "model_type": "foo"}
+    (model / "config.json").write_text(json.dumps(config))
+    with user_cache(), pytest.raises(ExportError) as err:
+        export(str(model), "gguf", tmp_path / "out", say=lambda _: None)
+    message = str(err.value)
+    assert "does not take model type 'foo'" in message and "--to vllm" in message and "\n" not in message

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
-from fimtune.config import setting
 from fimtune.console import say
-
-
-@dataclass
-class ExportConfig:
-    """What `fimtune export` writes (every setting is a flag)."""
-
-    to: str = setting("gguf", help="serving stack", flag=True, choices=("gguf", "ollama", "vllm"))
-    out: str = setting("", help="folder for the export (default: RUN/export-TO)", flag=True)
-    quant: str = setting(
-        "f16", help="GGUF weights: f16, q8_0 (half the size) or f32 (exact)", flag=True, choices=("f16", "q8_0", "f32")
-    )
-    name: str = setting("", help="model name for Ollama and vLLM (default: the run folder's name)", flag=True)
+from fimtune.export.run import ExportConfig
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,13 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fimtune.config import ConfigError, check, setting
 from fimtune.fim_format import PSM, FimTemplate, stop_strings
 from fimtune.prompting import PromptSpec, resolve_prompt
 
 TARGETS = ("gguf", "ollama", "vllm")
 QUANTS = ("f16", "q8_0", "f32")
-# Families llama.cpp's converter turns into a GGUF that llama-server runs (transformers model_type values).
-GGUF_FAMILIES = ("llama", "qwen2", "starcoder2", "gpt_bigcode", "gemma", "mistral")
+
+
+@dataclass
+class ExportConfig:
+    """What `fimtune export` writes (every setting is a flag)."""
+
+    to: str = setting("gguf", help="serving stack", flag=True, choices=TARGETS)
+    out: str = setting("", help="folder for the export (default: RUN/export-TO)", flag=True)
+    quant: str = setting(
+        "f16", help="GGUF weights: f16, q8_0 (half the size) or f32 (exact)", flag=True, choices=QUANTS
+    )
+    name: str = setting("", help="model name for Ollama and vLLM (default: the run folder's name)", flag=True)
+
+
 # vLLM's --max-lora-rank takes one of these (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The template's tokens that llama.cpp keeps as FIM metadata (gguf.Keys.Tokenizer names).
@@ -80,15 +93,11 @@ def fim_token_ids(template: FimTemplate, tokenizer_json: Path) -> dict[str, int]
     return ids
 
 
-def export_gguf(src: Source, out: Path, quant: str, say: Callable[[str], None]) -> Path:
-    """Merge the adapter (unless the run has RUN/merged) and convert with llama.cpp's converter."""
+def export_gguf(src: Source, out: Path, quant: str, say: Callable[[str], None]) -> tuple[Path, dict[str, int]]:
+    """Merge the adapter (unless the run has RUN/merged) and convert with llama.cpp's converter; the GGUF and
+    the FIM token ids written into it."""
     from fimtune.export import llamacpp
 
-    if src.model_type not in GGUF_FAMILIES:
-        raise ExportError(
-            f"{src.label}: model type {src.model_type!r} is not one fimtune converts to GGUF "
-            f"({', '.join(GGUF_FAMILIES)}); serve it with vLLM instead: fimtune export {src.label} --to vllm"
-        )
     _check_tokenizer(src)
     llama_src = llamacpp.sources(say)
     gguf = out / f"model-{quant}.gguf"
@@ -105,9 +114,14 @@ def export_gguf(src: Source, out: Path, quant: str, say: Callable[[str], None]) 
         cmd += ["--model", str(model_dir), "--out", str(gguf), "--outtype", quant, "--fim-ids", json.dumps(ids)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not gguf.is_file():
-        last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
-        raise ExportError(f"llama.cpp's converter failed on {src.label} ({src.model_type}): {last[0][:300]}")
-    return gguf
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()] or ["no output"]
+        if any("not supported" in line for line in lines):  # the converter decides which families it takes
+            raise ExportError(
+                f"{src.label}: llama.cpp's converter does not take model type {src.model_type!r} "
+                f"({lines[-1].strip()[:200]}); serve it with vLLM instead: fimtune export {src.label} --to vllm"
+            )
+        raise ExportError(f"llama.cpp's converter failed on {src.label} ({src.model_type}): {lines[-1][:300]}")
+    return gguf, ids
 
 
 def _check_tokenizer(src: Source) -> None:
@@ -159,22 +173,23 @@ def vllm_commands(src: Source, name: str, port: int = 8000) -> tuple[list[str], 
         serve += ["--enable-lora", "--lora-modules", f"{name}={adapter}", "--max-lora-rank"]
         serve.append(str(vllm_lora_rank(src.lora_rank)))
     client = ["fimtune", "serve", "--engine", "openai", "--endpoint", f"http://127.0.0.1:{port}"]
-    client += ["--model", name if src.adapter is not None else _served_base(src)]
-    if src.adapter is not None:
-        client += ["--run", str(Path(src.label).resolve())]
-    else:
-        client += ["--base-model", _base_arg(src)]
+    client += ["--model", name if src.adapter is not None else _served_base(src), *_model_flags(src)]
     return serve, client
+
+
+def _model_flags(src: Source) -> list[str]:
+    """How `fimtune serve` and `fimtune eval` name the exported model, so they budget prompts with its tokenizer:
+    the run folder, or the base model (a built-in name, else its folder)."""
+    if src.adapter is not None:
+        return ["--run", str(Path(src.label).expanduser().resolve())]
+    builtin = src.label in _builtin_names()
+    return ["--base-model", src.label if builtin else str(Path(src.label).expanduser().resolve())]
 
 
 def _served_base(src: Source) -> str:
     """The base as vLLM loads it: a hub id as given, else (a built-in model, a local folder) its folder."""
     local = src.base_name in _builtin_names() or Path(src.base_name).expanduser().exists()
     return str(src.base.resolve()) if local else src.base_name
-
-
-def _base_arg(src: Source) -> str:
-    return shlex.quote(src.label if src.label in _builtin_names() else str(Path(src.label).expanduser().resolve()))
 
 
 def _builtin_names() -> tuple[str, ...]:
@@ -191,16 +206,15 @@ def export(
     model: str, to: str, out: Path, quant: str = "f16", name: str = "", say: Callable[[str], None] = print
 ) -> Path:
     """Write the export of `model` (a run folder or a base model) for `to` into `out`; returns its README."""
-    if to not in TARGETS:
-        raise ExportError(f"--to: must be one of {', '.join(TARGETS)}, not {to!r}")
-    if quant not in QUANTS:
-        raise ExportError(f"--quant: must be one of {', '.join(QUANTS)}, not {quant!r}")
+    try:
+        check(ExportConfig(to=to, quant=quant, name=name), flags=True)
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
     src = resolve_source(model)
     name = name or Path(model).name or "fimtune"
     out.mkdir(parents=True, exist_ok=True)
     t = src.spec.template
-    # How `fimtune serve` and `fimtune eval` name the model, so they budget prompts with its tokenizer.
-    run_flag = f"--run {shlex.quote(str(Path(model).resolve()))}" if src.adapter else f"--base-model {_base_arg(src)}"
+    run_flag = _join(_model_flags(src))
     info: dict[str, Any] = {
         "source": src.label,
         "template": t.name,
@@ -212,8 +226,8 @@ def export(
         text = _vllm_readme(src, serve, client)
         info |= {"vllm_serve": serve, "fimtune_serve": client}
     else:
-        gguf = export_gguf(src, out, quant, say)
-        info |= {"gguf": gguf.name, "fim_token_ids": fim_token_ids(t, _tokenizer_of(src))}
+        gguf, ids = export_gguf(src, out, quant, say)
+        info |= {"gguf": gguf.name, "fim_token_ids": ids}
         if to == "ollama":
             (out / "Modelfile").write_text(ollama_modelfile(src, gguf.name), encoding="utf-8")
             text = _ollama_readme(name, run_flag)
