@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,13 @@ FIXTURE_REPOS = Path(__file__).resolve().parent / "fixtures" / "repos"
 # The user's cache as it was before `fimtune_cache` pointed FIMTUNE_CACHE at a temporary folder: llama.cpp's
 # sources and the llama-server build (minutes) are kept there between test runs (see `user_cache`).
 _USER_CACHE = os.environ.get("FIMTUNE_CACHE")
+
+
+# Tests that build llama-server from the llama-cpp-python sdist.
+needs_llama_build = pytest.mark.skipif(
+    shutil.which("cmake") is None or shutil.which("c++") is None,
+    reason="building llama-server needs cmake and a C++ compiler",
+)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import pytest
 
 from fimtune.export.run import VLLM_LORA_RANKS, export, ollama_modelfile, resolve_source, vllm_commands, vllm_lora_rank
 from fimtune.fim_format import stop_strings
+from tests.conftest import needs_llama_build
 
 
 def test_vllm_command_serves_the_adapter_beside_its_base(tiny_run: Path, tmp_path: Path) -> None:
@@ -93,6 +94,7 @@ def test_a_bytes_only_tokenizer_is_refused_before_any_conversion(tiny_run: Path,
         export(str(tiny_run), "gguf", tmp_path, say=lambda _: None)
 
 
+@needs_llama_build
 def test_a_tuned_run_exported_to_gguf_completes_as_the_local_engine(nano_run: Path, tmp_path: Path) -> None:
     from fimtune.engines.base import EngineSettings, make_engine
     from fimtune.export.llamacpp import LlamaServer, build_server

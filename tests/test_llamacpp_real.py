@@ -18,14 +18,11 @@ import pytest
 from fimtune.engines.base import Engine, EngineError, EngineRequest, EngineSettings, make_engine
 from fimtune.export.llamacpp import LlamaServer
 from fimtune.fim_format import FimRequest
-from tests.conftest import user_cache
+from tests.conftest import needs_llama_build, user_cache
 from tests.cursors import cursors
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(
-    shutil.which("cmake") is None or shutil.which("c++") is None,
-    reason="building llama-server needs cmake and a C++ compiler",
-)
+pytestmark = needs_llama_build
 
 
 @pytest.fixture(scope="module")
