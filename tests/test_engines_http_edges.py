@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -172,3 +173,72 @@ def test_the_status_reports_a_dead_endpoint_and_recovers_when_it_answers(tmp_pat
             httpd.server_close()
     finally:
         client.close()
+
+
+class _KeepAliveSSE(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: answers one streamed completion per connection, chunked and without
+    `Connection: close`, then, like llama-server, does not answer the next request on that connection: it reads
+    it and closes (the FIN a client meets when it reuses the connection a moment too early)."""
+
+    protocol_version = "HTTP/1.1"
+    requests: ClassVar[list[tuple[int, int]]] = []  # (connection number, request number on it)
+    connections = 0
+    answer_none = False
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
+        self.number, self.served = type(self).connections, 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.served += 1
+        type(self).requests.append((self.number, self.served))
+        if self.served > 1 or self.answer_none:
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for text, finish in (("return a", None), (" + b", "stop")):
+            event = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            data = b"data: " + json.dumps(event).encode() + b"\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[tuple[str, type[_KeepAliveSSE]]]:
+    handler = type("Handler", (_KeepAliveSSE,), {"requests": [], "connections": 0})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_reused_connection_the_server_closed_is_retried_on_a_new_one(
+    keep_alive_server: tuple[str, type[_KeepAliveSSE]],
+) -> None:
+    url, handler = keep_alive_server
+    engine = make_engine(EngineSettings(engine="openai", endpoint=url))
+    for _ in range(3):
+        assert engine.complete(fim_request(), threading.Event()).text == "return a + b"
+    # Each later completion first met the kept connection closed, then was answered on a new one.
+    assert handler.requests == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]
+
+
+def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry(
+    keep_alive_server: tuple[str, type[_KeepAliveSSE]],
+) -> None:
+    url, handler = keep_alive_server
+    handler.answer_none = True
+    engine = make_engine(EngineSettings(engine="openai", endpoint=url))
+    with pytest.raises(EngineError, match=r"the connection broke before the answer was complete"):
+        engine.complete(fim_request(), threading.Event())
+    assert handler.requests == [(1, 1)]

@@ -48,6 +48,7 @@ def nano_gguf(tmp_path_factory: pytest.TempPathFactory, llama_server_exe: Path) 
 def server(llama_server_exe: Path, nano_gguf: Path) -> Iterator[LlamaServer]:
     s = LlamaServer(llama_server_exe, nano_gguf)
     yield s
+    print(s.log_tail())  # shown with any failure of the module's tests
     s.close()
 
 

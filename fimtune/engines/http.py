@@ -17,6 +17,7 @@ from fimtune.engines.base import Completion, EngineError, EngineSettings
 
 POLL_S = 0.01  # how often a waiting call looks at its cancel event and its deadline
 ERROR_BODY_CHARS = 300  # how much of a server's non-JSON error body goes into a message
+STALE_RETRIES = 2  # new connections tried after a reused keep-alive one turned out closed (see _Call.stale)
 DONE = object()  # SSE `data: [DONE]`: the server's end-of-stream marker
 # An answer is cut at max_tokens x this many characters (a token is rarely longer than 16), so a server that
 # ignores max_tokens cannot put megabytes into the editor or the server's memory.
@@ -172,11 +173,24 @@ class _Call:
         self.error: EngineError | None = None
         self.aborted: str | None = None  # "cancelled" | "timeout"
         self.finished = False  # the reader is done with the connection: it may go back to the pool
+        self.fresh = False  # this attempt opened its own connection (else it reused a keep-alive one)
+        self.answered = False  # the response's status line and headers are in
         self._stream: Any = None
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.fresh = True
             self.attach(info.get("return_value"))
+
+    def stale(self) -> bool:
+        """Whether the attempt that just broke met a keep-alive connection the server had already closed: it
+        reused one, and nothing of an answer came back. llama-server closes the connection after every streamed
+        answer without saying `Connection: close`, so the next request can race its FIN; like every HTTP client
+        with a pool (urllib3, Go's net/http), send it again on a new connection. Resets for the next attempt."""
+        with self.lock:
+            stale = not self.fresh and not self.answered and not self.aborted
+            self.fresh = False
+            return stale
 
     def attach(self, stream: Any) -> None:
         with self.lock:
@@ -334,21 +348,13 @@ class HttpStream:
         decode: Decoder,
     ) -> None:
         try:
-            with self.client.stream("POST", url, json=body, extensions={"trace": call.trace}) as response:
-                call.attach(response.extensions.get("network_stream"))
-                if response.status_code >= 400:
-                    response.read()
-                    call.error = self._status_error(url, response)
-                elif 300 <= response.status_code < 400:
-                    where = response.headers.get("location", "elsewhere")
-                    call.error = EngineError(
-                        f"{self.engine} engine: {url} answered HTTP {response.status_code}, a redirect to {where}; "
-                        "set endpoint to the server's own base URL (a proxy or login page is in the way)"
-                    )
-                else:
-                    self._consume(call, response, payloads, decode)
-                with call.lock:
-                    call.finished = not call.aborted
+            for attempt in range(1, STALE_RETRIES + 2):
+                try:
+                    self._attempt(call, url, body, payloads, decode)
+                    break
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                    if attempt > STALE_RETRIES or not call.stale():
+                        raise
         except httpx.HTTPError as e:
             call.error = self._transport_error(url, e)
         except ServerError as e:
@@ -359,6 +365,32 @@ class HttpStream:
             call.error = EngineError(f"{self.engine} engine: reading the answer from {url} failed: {e!r}")
         finally:
             call.done.set()
+
+    def _attempt(
+        self,
+        call: _Call,
+        url: str,
+        body: dict[str, Any],
+        payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
+        decode: Decoder,
+    ) -> None:
+        with self.client.stream("POST", url, json=body, extensions={"trace": call.trace}) as response:
+            with call.lock:
+                call.answered = True
+            call.attach(response.extensions.get("network_stream"))
+            if response.status_code >= 400:
+                response.read()
+                call.error = self._status_error(url, response)
+            elif 300 <= response.status_code < 400:
+                where = response.headers.get("location", "elsewhere")
+                call.error = EngineError(
+                    f"{self.engine} engine: {url} answered HTTP {response.status_code}, a redirect to {where}; "
+                    "set endpoint to the server's own base URL (a proxy or login page is in the way)"
+                )
+            else:
+                self._consume(call, response, payloads, decode)
+            with call.lock:
+                call.finished = not call.aborted
 
     def _consume(
         self,

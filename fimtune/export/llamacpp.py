@@ -143,9 +143,7 @@ class LlamaServer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.log.seek(0)
-                err = self.log.read()
-                raise LlamaCppError(f"llama-server exited while loading {gguf}: {err.strip()[-400:]}")
+                raise LlamaCppError(f"llama-server exited while loading {gguf}: {self.log_tail(400)}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -159,6 +157,12 @@ class LlamaServer:
         req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's own log (what it printed on stderr so far)."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().strip()[-chars:]
 
     def close(self) -> None:
         self._stop()
