@@ -286,6 +286,42 @@ def test_cut_kinds() -> None:
         assert 0 <= a <= b <= len(TEXT)
 
 
+# A chunk as pretraining cuts them: it starts inside a function, and has non-ASCII text in it.
+CHUNK = (
+    "        total += price  # prix unitaire\n"
+    "    return total\n\n\n"
+    "def greet(name: str) -> str:\n"
+    '    message = f"Grüß dich, {name}!"\n'
+    "    if not name:\n"
+    '        raise ValueError("name is empty: ¿quién?")\n'
+    "    return message.upper()\n"
+)
+
+
+def test_the_syntax_cut_draws_the_middles_build_corpus_draws() -> None:
+    from fimtune.corpus.spans import choose_spans
+    from fimtune.pretrain.fim import SYNTAX_SPANS
+    from fimtune.records import SourceFile
+
+    data = CHUNK.encode()
+    kinds, lengths = set(), []
+    for seed in range(200):
+        a, b = cut_points(CHUNK, "syntax", random.Random(seed), "python")
+        (span,) = choose_spans(SourceFile("", "", "python", CHUNK), SYNTAX_SPANS, random.Random(seed)).spans
+        # character offsets of the corpus's byte span, even after the non-ASCII text
+        assert (CHUNK[:a], CHUNK[a:b]) == (data[: span.start].decode(), data[span.start : span.end].decode())
+        kinds.add(span.kind)
+        lengths.append(b - a)
+    assert {"call_args", "condition", "statement", "assignment_rhs"} <= kinds  # from the part that parses
+    chars = [b - a for a, b in (cut_points(CHUNK, "char", random.Random(s)) for s in range(200))]
+    assert sorted(lengths)[100] < sorted(chars)[100] / 2  # short middles, as serving asks for
+
+
+def test_the_syntax_cut_without_a_language_is_a_line_rest_cut() -> None:
+    for seed in range(20):
+        assert cut_points(CHUNK, "syntax", random.Random(seed)) == cut_points(CHUNK, "line_rest", random.Random(seed))
+
+
 def test_chunk_text_cuts_at_line_ends() -> None:
     text = "".join(f"line {i} " + "x" * (i % 7) + "\n" for i in range(200)) + "y" * 500
     chunks = chunk_text(text, 300)

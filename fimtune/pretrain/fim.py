@@ -1,5 +1,8 @@
 """Document-level FIM for pretraining: chunk, cut (PSM/SPM/plain, repo-level context), encode and pack token rows.
 
+Cuts: char (anywhere), line (whole lines), line_rest (inside a line to its end) and syntax (a middle drawn as
+`fimtune build-corpus` draws its examples, from the same span kinds and mix).
+
 Layouts, with fimtune's template (P prefix, S suffix, M middle; `[X]` one special token):
 
     PSM    [fim_prefix] P [fim_suffix] S [fim_middle] M [endoftext]      what fim_format renders and serving sends
@@ -23,13 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
-from fimtune.config import ConfigError, check, setting
+from fimtune.config import ConfigError, SpanConfig, check, setting
+from fimtune.corpus.spans import choose_spans
 from fimtune.fim_format import FimTemplate, Piece
 from fimtune.pretrain.data import Document
-from fimtune.records import Snippet
+from fimtune.records import Snippet, SourceFile
 
 PSM_MODE, SPM_MODE, PLAIN_MODE = "psm", "spm", "plain"
-CUTS = ("char", "line", "line_rest")
+CUTS = ("char", "line", "line_rest", "syntax")
+# The syntax cut draws one middle per chunk as `fimtune build-corpus` draws its examples (the same kinds and
+# mix), from the items of the chunk that parse: a chunk is cut out of a file, so its edges rarely do.
+SYNTAX_SPANS = SpanConfig(min_examples_per_file=1, max_examples_per_file=1, syntax_in_files_with_errors=True)
 
 
 class FimSettingsError(ValueError):
@@ -50,10 +57,16 @@ class FimSettings:
     spm_share: float = setting(
         0.5, help="share of FIM documents in SPM order (the rest PSM)", flag="--spm-share", at_least=0, at_most=1
     )
-    char_weight: float = setting(0.4, help="cut points anywhere (character level)", at_least=0)
-    line_weight: float = setting(0.3, help="middle made of whole lines", at_least=0)
+    char_weight: float = setting(0.2, help="cut points anywhere (character level)", at_least=0)
+    line_weight: float = setting(0.15, help="middle made of whole lines", at_least=0)
     line_rest_weight: float = setting(
-        0.3, help="middle from inside a line to the end of its content (the commonest cursor)", at_least=0
+        0.15, help="middle from inside a line to the end of its content (the commonest cursor)", at_least=0
+    )
+    syntax_weight: float = setting(
+        0.5,
+        help="middle at syntax boundaries, drawn as build-corpus draws its examples (short middles that end "
+        "where the code does: what serving asks for)",
+        at_least=0,
     )
     context_rate: float = setting(
         0.2,
@@ -69,8 +82,10 @@ class FimSettings:
             check(self, "fim")
         except ConfigError as e:
             raise FimSettingsError(str(e)) from None
-        if self.char_weight + self.line_weight + self.line_rest_weight <= 0:
-            raise FimSettingsError("fim.char_weight, fim.line_weight, fim.line_rest_weight: not all 0")
+        if self.char_weight + self.line_weight + self.line_rest_weight + self.syntax_weight <= 0:
+            raise FimSettingsError(
+                "fim.char_weight, fim.line_weight, fim.line_rest_weight, fim.syntax_weight: not all 0"
+            )
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
@@ -102,8 +117,17 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
-def cut_points(text: str, cut: str, rng: random.Random) -> tuple[int, int]:
-    """The middle's [start, end) character offsets for one kind of cut (every kind may give an empty middle)."""
+def cut_points(text: str, cut: str, rng: random.Random, language: str | None = None) -> tuple[int, int]:
+    """The middle's [start, end) character offsets for one kind of cut (every kind may give an empty middle).
+    The syntax cut needs the text's language; without one, or where the text has no such middle, it is a
+    line_rest cut."""
+    if cut == "syntax":
+        spans = choose_spans(SourceFile("", "", language, text), SYNTAX_SPANS, rng).spans if language else []
+        if spans:
+            data = text.encode("utf-8")
+            a = len(data[: spans[0].start].decode("utf-8"))
+            return a, a + len(data[spans[0].start : spans[0].end].decode("utf-8"))
+        cut = "line_rest"
     n = len(text)
     if cut == "char" or n < 2:
         a, b = sorted((rng.randint(0, n), rng.randint(0, n)))
@@ -150,8 +174,10 @@ def fim_pieces(
     settings: FimSettings,
     rng: random.Random,
     lead: Sequence[Piece] = (),
+    language: str | None = None,
 ) -> tuple[str, list[Piece]]:
-    """One training sequence for `text`: (mode, pieces). Empty text pieces are left out, as render does."""
+    """One training sequence for `text` (in `language`, for the syntax cut): (mode, pieces). Empty text pieces
+    are left out, as render does."""
     assert template.middle is not None, "pretraining needs a template with a middle token"
     pieces = list(lead)
 
@@ -166,8 +192,9 @@ def fim_pieces(
         add_text(text)
         add_token(template.end)
         return PLAIN_MODE, pieces
-    cut = rng.choices(CUTS, weights=(settings.char_weight, settings.line_weight, settings.line_rest_weight))[0]
-    a, b = cut_points(text, cut, rng)
+    weights = (settings.char_weight, settings.line_weight, settings.line_rest_weight, settings.syntax_weight)
+    cut = rng.choices(CUTS, weights=weights)[0]
+    a, b = cut_points(text, cut, rng, language)
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
     if rng.random() < settings.spm_share:
         add_token(template.prefix)
@@ -242,7 +269,7 @@ def build_sequences(
                 snippets = _context_for(doc, by_package[doc.package], settings, rng)
                 lead = context_pieces(template, doc.package, doc.path, snippets)
                 with_context += bool(lead)
-            mode, pieces = fim_pieces(chunk, template, settings, rng, lead)
+            mode, pieces = fim_pieces(chunk, template, settings, rng, lead, doc.language)
             modes[mode] += 1
             all_pieces.append(pieces)
     return Sequences(encode_all(all_pieces, tokenizer), modes, with_context, len(all_pieces))
