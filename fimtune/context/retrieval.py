@@ -218,20 +218,19 @@ class RepoIndex:
             specs = imports_of(language, prefix + suffix)
             targets = self._resolve(path, language, specs)
             named = imported_names(specs)
-        ranked: list[tuple[int, int, int, Definition]] = []
-        for fi, target in enumerate(targets):
-            for di, d in enumerate(self._files[target].definitions):
+        # Visited in import order then file order, so appending to one list per tier is that order within it.
+        tiers: tuple[list[Definition], list[Definition], list[Definition]] = ([], [], [])
+        for target in targets:
+            for d in self._files[target].definitions:
                 if d.name in near:
-                    tier = 2
+                    tiers[2].append(d)
                 elif d.kind == "method":
                     continue
                 elif d.name in named or d.name in around:
-                    tier = 1
+                    tiers[1].append(d)
                 else:
-                    tier = 0
-                ranked.append((-tier, fi, di, d))
-        ranked.sort(key=lambda r: r[:3])
-        return [(-r[0], r[3]) for r in ranked]
+                    tiers[0].append(d)
+        return [(tier, d) for tier in (2, 1, 0) for d in tiers[tier]]
 
     def _similar(self, path: str, tokens: set[str], budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
         if budget <= 0 or max_count <= 0:
