@@ -18,9 +18,11 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ CACHE_SIZE = 256
 # prompt, the engine, the stop rules, and the whole request from handler start to answer.
 STAGES = ("queue", "context", "render", "engine", "postprocess", "total")
 ENGINE_THREADS = 4
+TIMINGS_KEPT = 2048  # per stage: the last requests `fimtune/status` reports percentiles of
+RECENT_SUGGESTIONS = 1024  # the suggestions an accept can name (an editor accepts one of the last few)
+_ID_PREFIX = "s"
 _LF = re.compile(r"(?<!\r)\n")
 
 # LSP languageId -> fimtune language name, where they differ.
@@ -213,6 +218,52 @@ class Telemetry:
         self._thread.join(timeout_s)
 
 
+class _Ring:
+    """The last `size` floats, in storage allocated up front: a long-running server's memory does not creep up
+    as a deque of float objects fills (a stage few requests reach took most of an hour to)."""
+
+    def __init__(self, size: int) -> None:
+        self._data = array("d", bytes(8 * size))
+        self._next = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._data[self._next] = value
+            self._next = (self._next + 1) % len(self._data)
+            self._count = min(self._count + 1, len(self._data))
+
+    def values(self) -> list[float]:
+        with self._lock:
+            return self._data[: self._count].tolist()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._next = self._count = 0
+
+
+class _RecentIds:
+    """Suggestion id -> language for the last `size` suggestions, in slots allocated up front (ids are
+    `_ID_PREFIX` plus a serial number, so the number picks the slot)."""
+
+    def __init__(self, size: int) -> None:
+        self._serial = array("q", [-1]) * size
+        self._language: list[str] = [""] * size
+
+    def add(self, suggestion_id: str, language: str) -> None:
+        n = int(suggestion_id.removeprefix(_ID_PREFIX))
+        self._serial[n % len(self._serial)] = n
+        self._language[n % len(self._serial)] = sys.intern(language)
+
+    def get(self, suggestion_id: str) -> str | None:
+        digits = suggestion_id.removeprefix(_ID_PREFIX)
+        if not (suggestion_id.startswith(_ID_PREFIX) and digits.isascii() and digits.isdigit()):
+            return None
+        n = int(digits)
+        return self._language[n % len(self._serial)] if self._serial[n % len(self._serial)] == n else None
+
+
 class Completer:
     """Answers completion requests for the server; owns the engine worker threads."""
 
@@ -226,7 +277,7 @@ class Completer:
         self._cache = _Cache(CACHE_SIZE)
         self._tickets: dict[str, _Ticket] = {}
         self._shown: dict[str, _Shown] = {}
-        self._by_id: OrderedDict[str, str] = OrderedDict()  # suggestion id -> language, for acceptance records
+        self._recent = _RecentIds(RECENT_SUGGESTIONS)  # suggestion id -> language, for acceptance records
         self._ids = itertools.count(1)
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -248,19 +299,19 @@ class Completer:
             0,
         )
         self._last_reason = ("", 0.0)
-        self._timings: dict[str, deque[float]] = {name: deque(maxlen=2048) for name in STAGES}
+        self._timings = {name: _Ring(TIMINGS_KEPT) for name in STAGES}
 
     def _time(self, stage: str, since: float) -> float:
         now = time.perf_counter()
-        self._timings[stage].append((now - since) * 1000.0)
+        self._timings[stage].add((now - since) * 1000.0)
         return now
 
     def timings(self, reset: bool = False) -> dict[str, dict[str, float]]:
         """p50 / p95 / max milliseconds of each stage over the last requests that reached it (since the last
         reset)."""
         out: dict[str, dict[str, float]] = {}
-        for stage, values in self._timings.items():
-            ordered = sorted(values)
+        for stage, ring in self._timings.items():
+            ordered = sorted(ring.values())
             if ordered:
                 n = len(ordered)
                 out[stage] = {
@@ -270,7 +321,7 @@ class Completer:
                     "max": ordered[-1],
                 }
             if reset:
-                values.clear()
+                ring.clear()
         return out
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -380,7 +431,7 @@ class Completer:
         if produced is None or not produced.text:
             return None
         text = _LF.sub("\r\n", produced.text) if cursor.crlf else produced.text
-        return Answer(f"s{next(self._ids)}", text, produced.mode, produced.source)
+        return Answer(f"{_ID_PREFIX}{next(self._ids)}", text, produced.mode, produced.source)
 
     def _prepare(
         self, loaded: Loaded, cursor: Cursor, settings: Settings, timed: bool = False
@@ -473,14 +524,11 @@ class Completer:
 
     def _remember(self, cursor: Cursor, answer: Answer) -> None:
         self._shown[cursor.uri] = _Shown.at(answer, cursor.text, cursor.index, cursor.language)
-        self._by_id[answer.id] = cursor.language
-        self._by_id.move_to_end(answer.id)
-        while len(self._by_id) > 1024:
-            self._by_id.popitem(last=False)
+        self._recent.add(answer.id, cursor.language)
 
     def accepted(self, suggestion_id: str) -> bool:
         """The client accepted a suggestion: count it and record it; False for an unknown id."""
-        language = self._by_id.get(suggestion_id)
+        language = self._recent.get(suggestion_id)
         self._count("accepted")
         for uri, current in list(self._shown.items()):
             if current.answer.id == suggestion_id:

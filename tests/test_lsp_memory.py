@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,39 @@ def test_handled_notifications_leave_nothing_behind(tmp_path: Path) -> None:
         assert stats["handlers_in_flight"] <= 2, stats["handlers_in_flight"]
     finally:
         client.close()
+
+
+def _allocated_while(work: Callable[[], None]) -> int:
+    """Bytes still allocated (by Python) after `work`, which runs twice: the first time warms caches up."""
+    work()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_stage_timings_take_no_memory_as_they_fill() -> None:
+    from lsp_server.completer import _Ring
+
+    ring = _Ring(2048)
+    assert _allocated_while(lambda: [ring.add(i * 0.5) for i in range(1500)]) < 1024  # the list comprehension's
+    ring.add(-1.0)
+    values = ring.values()
+    assert len(values) == 2048 and values.count(-1.0) == 1 and max(values) == 1499 * 0.5  # the last 2048 kept
+    ring.clear()
+    assert ring.values() == []
+
+
+def test_recent_suggestion_ids_take_no_memory_and_forget_the_oldest() -> None:
+    from lsp_server.completer import _RecentIds
+
+    recent = _RecentIds(1024)
+    assert _allocated_while(lambda: [recent.add(f"s{n}", "python") for n in range(1, 1025)]) < 1024
+    recent.add("s2000", "go")
+    assert recent.get("s2000") == "go" and recent.get("s1024") == "python"
+    assert recent.get(f"s{2000 - 1024}") is None  # its slot was taken by a newer one
+    for bad in ("x1", "s", "s-1", "s1.5", "s\uff11", "", "1"):
+        assert recent.get(bad) is None, bad
