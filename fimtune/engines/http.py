@@ -17,6 +17,8 @@ from fimtune.engines.base import Completion, EngineError, EngineSettings
 
 POLL_S = 0.01  # how often a waiting call looks at its cancel event and its deadline
 ERROR_BODY_CHARS = 300  # how much of a server's non-JSON error body goes into a message
+# What turns a response's lines into payloads (sse_payloads, ndjson): dicts, or DONE at the end.
+Payloads = Callable[[Iterator[str]], Iterator[dict[str, Any] | object]]
 STALE_RETRIES = 2  # new connections tried after a reused keep-alive one turned out closed (see _Call.stale)
 DONE = object()  # SSE `data: [DONE]`: the server's end-of-stream marker
 # An answer is cut at max_tokens x this many characters (a token is rarely longer than 16), so a server that
@@ -287,7 +289,7 @@ class HttpStream:
         path: str,
         body: dict[str, Any],
         stops: tuple[str, ...],
-        payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
+        payloads: Payloads,
         decode: Decoder,
         cancel: threading.Event | None = None,
         max_tokens: int = 0,
@@ -344,7 +346,7 @@ class HttpStream:
         call: _Call,
         url: str,
         body: dict[str, Any],
-        payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
+        payloads: Payloads,
         decode: Decoder,
     ) -> None:
         try:
@@ -371,7 +373,7 @@ class HttpStream:
         call: _Call,
         url: str,
         body: dict[str, Any],
-        payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
+        payloads: Payloads,
         decode: Decoder,
     ) -> None:
         with self.client.stream("POST", url, json=body, extensions={"trace": call.trace}) as response:
@@ -396,7 +398,7 @@ class HttpStream:
         self,
         call: _Call,
         response: httpx.Response,
-        payloads: Callable[[Iterator[str]], Iterator[dict[str, Any] | object]],
+        payloads: Payloads,
         decode: Decoder,
     ) -> None:
         kind = response.headers.get("content-type", "")
