@@ -7,7 +7,7 @@ on, in one run, and the table gives the stage seconds side by side with their ra
     python benchmarks/context_scaling.py
     python benchmarks/context_scaling.py --sizes 2000,10000 --out benchmarks/results/context_scaling.md
 
-Target (issue): the context stage at 50,000 files takes at most 6x its time at 10,000 (5x the files).
+Target: the context stage at 50,000 files takes at most 6x its time at 10,000 (5x the files).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ site-packages) in one run and prints MB/s per core side by side with their ratio
     python benchmarks/corpus_throughput.py --source DIR --workers 2 --out benchmarks/results/corpus_throughput.md
     python benchmarks/corpus_throughput.py --skip-context --source DIR1 DIR2 ...   # one summary line per source
 
-Targets (issue 2): the whole build (context off) at least half the parse-only speed and at least 5 MB/s per core.
+Targets: the whole build (context off) at least half the parse-only speed and at least 5 MB/s per core.
 
 Each row also reports the CPU seconds it used (all its processes) and MB per CPU second: on a machine shared
 with other work, wall time per core penalises the multi-process build more than the one-process parse, while

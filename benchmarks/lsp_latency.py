@@ -18,7 +18,7 @@ suggestion, which must cause no model call.
     python benchmarks/lsp_latency.py --out benchmarks/results/lsp_latency.md
     python benchmarks/lsp_latency.py --source ~/src/repo --cursors 300 --bursts 20 --skip-tiny
 
-Targets (issue 6): overhead p95 at most 15 ms; at most 2 model calls per 20-keystroke burst; none for type-through.
+Targets: overhead p95 at most 15 ms; at most 2 model calls per 20-keystroke burst; none for type-through.
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ async def run_engine(name: str, settings: dict[str, Any], root: Path, args: argp
 
 
 def shown(path: Path) -> str:
-    """A path as the results file shows it: from site-packages on, never this machine's own folders."""
+    """A path as the results file shows it: from site-packages on, never the folders of the machine it ran on."""
     parts = path.resolve().parts
     return "/".join(parts[parts.index("site-packages") :]) if "site-packages" in parts else path.name
 

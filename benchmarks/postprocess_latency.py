@@ -16,7 +16,7 @@ something to cut. Prints one table:
     python benchmarks/postprocess_latency.py
     python benchmarks/postprocess_latency.py --cursors 1000 --out benchmarks/results/postprocess_latency.md
 
-Target (issue): a few ms per call on normal files; the language server's whole overhead budget is 15 ms p95.
+Target: a few ms per call on normal files; the language server's whole overhead budget is 15 ms p95.
 """
 
 from __future__ import annotations

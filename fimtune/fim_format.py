@@ -625,18 +625,6 @@ def prompt_ids(template: FimTemplate | str, rendered: Rendered, tokenizer: objec
     return ids[: len(ids) - n_target] if n_target else ids
 
 
-def render_ids(
-    template: FimTemplate | str,
-    request: FimRequest | FimExample,
-    middle: str,
-    tokenizer: object,
-    budgets: Budgets | None = None,
-) -> tuple[list[int], list[int]]:
-    """Training: (input_ids, labels) with labels = IGNORE_INDEX outside the middle and the end token."""
-    tok = as_fim_tokenizer(tokenizer)
-    return encode(template, render(template, request, middle, tok, budgets), tok)
-
-
 def _single_id(t: FimTemplate, tok: FimTokenizer, token: str) -> int:
     tid = tok.token_to_id(token)
     if tid is None:

@@ -112,10 +112,6 @@ class Processed:
     mode: str  # "single" | "multi"
     cuts: tuple[str, ...]
 
-    @property
-    def rejected(self) -> bool:
-        return "syntax_reject" in self.cuts
-
 
 @dataclass(frozen=True, slots=True)
 class Syntax:

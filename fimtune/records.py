@@ -90,37 +90,6 @@ class FimExample:
     file_sha: str = ""
 
     @classmethod
-    def from_span(cls, source: SourceFile, span: Span, context: tuple[Snippet, ...] = ()) -> FimExample:
-        data = source.data
-        return cls(
-            id=example_id(source.repo, source.path, span),
-            repo=source.repo,
-            path=source.path,
-            language=source.language,
-            span_kind=span.kind,
-            prefix=data[: span.start].decode("utf-8"),
-            middle=data[span.start : span.end].decode("utf-8"),
-            suffix=data[span.end :].decode("utf-8"),
-            context=context,
-            file_sha=source.sha,
-        )
-
-    def to_row(self) -> dict[str, Any]:
-        """The Parquet row: columns exactly as DESIGN.md section 4."""
-        return {
-            "id": self.id,
-            "repo": self.repo,
-            "path": self.path,
-            "language": self.language,
-            "span_kind": self.span_kind,
-            "prefix": self.prefix,
-            "middle": self.middle,
-            "suffix": self.suffix,
-            "context": [s.to_dict() for s in self.context],
-            "file_sha": self.file_sha,
-        }
-
-    @classmethod
     def from_row(cls, row: dict[str, Any]) -> FimExample:
         return cls(
             id=row["id"],

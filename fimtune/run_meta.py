@@ -61,12 +61,6 @@ class RunMeta:
             raise RunMetaError(f"{where}: missing {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def fim_budgets(self) -> Any:
-        """The budgets as a fim_format.Budgets."""
-        from fimtune.fim_format import Budgets
-
-        return Budgets(**self.budgets)
-
     def check_format(self) -> None:
         """Refuse a prompt format version this fimtune cannot render."""
         from fimtune.fim_format import FORMAT_VERSION

@@ -35,7 +35,7 @@ from fimtune.fim_format import FimFormatError, FimRequest
 from fimtune.languages import LANGUAGES, language_for_path
 from fimtune.postprocess import StopRules, postprocess
 from fimtune.records import Snippet
-from lsp_server.documents import without_lone_surrogates
+from lsp_server.documents import utf8_offset, without_lone_surrogates
 from lsp_server.engine_host import EngineHost, Loaded
 from lsp_server.settings import Settings
 from lsp_server.workspace import WorkspaceIndex
@@ -347,9 +347,6 @@ class Completer:
             ticket.stop()
         self._shown.pop(uri, None)
 
-    def clear_cache(self) -> None:
-        self._cache = _Cache(CACHE_SIZE)
-
     # ---- requests ----------------------------------------------------------------------------------------
 
     async def prompt(self, cursor: Cursor) -> dict[str, Any]:
@@ -440,7 +437,7 @@ class Completer:
         t = time.perf_counter()
         text = cursor.text
         head = text[: cursor.index]
-        byte_offset = cursor.index if head.isascii() else len(head.encode("utf-8", "surrogatepass"))
+        byte_offset = utf8_offset(text, cursor.index)
         repo, rel = self.index.locate(cursor.path) if self.index is not None else ("", cursor.path)
         snippets: tuple[Snippet, ...] = ()
         if settings.context.enabled and self.index is not None and loaded.spec.context.max_chars > 0:

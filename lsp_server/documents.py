@@ -64,6 +64,12 @@ def without_lone_surrogates(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
+def utf8_offset(text: str, index: int) -> int:
+    """The UTF-8 byte offset of string offset `index` in `text` (lone surrogates count as 3 bytes)."""
+    head = text[:index]
+    return index if head.isascii() else len(head.encode("utf-8", "surrogatepass"))
+
+
 def uri_to_path(uri: str) -> str:
     """A file URI's local path; other schemes (untitled:, ...) give their path part."""
     return to_fs_path(uri) or unquote(urlparse(uri).path)
@@ -123,17 +129,6 @@ class Document:
             )
         start, end = self._line_bounds(line)
         return start + _index_in_line(self.text[start:end], character, self.encoding)
-
-    def byte_offset(self, index: int) -> int:
-        """UTF-8 byte offset of a string offset."""
-        head = self.text[:index]
-        return index if head.isascii() else len(head.encode("utf-8", "surrogatepass"))
-
-    def position(self, index: int) -> tuple[int, int]:
-        """The LSP position of a string offset."""
-        line = int(np.searchsorted(self._starts, index, side="right")) - 1
-        start = int(self._starts[line])
-        return line, _units(self.text[start:index], self.encoding)
 
     def apply(self, text: str, start: tuple[int, int] | None = None, end: tuple[int, int] | None = None) -> None:
         """Replace a range (LSP positions) with `text`, or the whole document when no range is given."""

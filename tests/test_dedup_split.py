@@ -6,11 +6,23 @@ import pytest
 
 from fimtune.config import DedupConfig
 from fimtune.corpus import dedup
-from fimtune.corpus.dedup import DedupItem, deduplicate, minhash_signature
+from fimtune.corpus.dedup import DedupItem, Deduplicator, minhash_signature
 from fimtune.corpus.split import file_split, pick_test_repos, resolve_mode
 from fimtune.records import sha256_hex
 
 BASE = "\n".join(f"def function_{i}(value, other):\n    return value * {i} + other - {i * 3}" for i in range(40))
+
+
+class Marked:
+    """Each file's verdict from one streamed pass, as the corpus build makes it (in sorted key order)."""
+
+    def __init__(self, items: list[DedupItem], cfg: DedupConfig) -> None:
+        dedupe = Deduplicator(cfg)
+        self.duplicate_of: dict[tuple[str, str], tuple[str, tuple[str, str]]] = {}
+        for item in sorted(items, key=lambda it: it.key):
+            if (found := dedupe.add(item)) is not None:
+                self.duplicate_of[item.key] = found
+        self.groups = dedupe.groups
 
 
 def _item(repo: str, path: str, text: str, cfg: DedupConfig) -> DedupItem:
@@ -20,7 +32,7 @@ def _item(repo: str, path: str, text: str, cfg: DedupConfig) -> DedupItem:
 def test_exact_duplicate_keeps_the_smallest_key() -> None:
     cfg = DedupConfig()
     items = [_item("b", "x.py", BASE, cfg), _item("a", "y.py", BASE, cfg), _item("a", "z.py", BASE + "\n# x\n", cfg)]
-    result = deduplicate(items, cfg)
+    result = Marked(items, cfg)
     assert result.duplicate_of[("b", "x.py")] == ("duplicate_exact", ("a", "y.py"))
     assert ("a", "y.py") not in result.duplicate_of
 
@@ -30,14 +42,14 @@ def test_near_duplicate_dropped_and_distinct_file_kept() -> None:
     near = BASE.replace("function_7(", "function_seven(")
     other = "\n".join(f"class Thing{i}:\n    size = {i}\n    name = 'thing{i}'" for i in range(40))
     items = [_item("r", "a.py", BASE, cfg), _item("r", "b.py", near, cfg), _item("r", "c.py", other, cfg)]
-    result = deduplicate(items, cfg)
+    result = Marked(items, cfg)
     assert result.duplicate_of == {("r", "b.py"): ("duplicate_near", ("r", "a.py"))}
 
 
 def test_near_duplicates_kept_as_a_group_when_asked() -> None:
     cfg = DedupConfig(threshold=0.8, near_action="keep")
     near = BASE.replace("function_7(", "function_seven(")
-    result = deduplicate([_item("r", "b.py", near, cfg), _item("r", "a.py", BASE, cfg)], cfg)
+    result = Marked([_item("r", "b.py", near, cfg), _item("r", "a.py", BASE, cfg)], cfg)
     assert result.duplicate_of == {}
     assert result.groups == {("r", "b.py"): ("r", "a.py")}
 
@@ -87,11 +99,11 @@ def test_short_files_get_full_signatures_and_still_match() -> None:
     assert sig.shape == (cfg.num_perm,) and int(sig.max()) < 2**32
     assert (sig == minhash_signature(short.encode(), cfg)).all()
     other = "class Point:\n    x: int\n    y: int\n"
-    result = deduplicate([_item("r", "a.py", short, cfg), _item("r", "b.py", other, cfg)], cfg)
+    result = Marked([_item("r", "a.py", short, cfg), _item("r", "b.py", other, cfg)], cfg)
     assert result.duplicate_of == {}
     head = "\n".join(BASE.splitlines()[:10])  # about 40 distinct shingles, fewer than the 128 bins
     near = head.replace("function_3(", "function_three(")
-    result = deduplicate([_item("r", "a.py", head, cfg), _item("r", "b.py", near, cfg)], cfg)
+    result = Marked([_item("r", "a.py", head, cfg), _item("r", "b.py", near, cfg)], cfg)
     assert result.duplicate_of == {("r", "b.py"): ("duplicate_near", ("r", "a.py"))}
 
 

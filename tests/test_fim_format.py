@@ -24,7 +24,6 @@ from fimtune.fim_format import (
     get_template,
     prompt_ids,
     render,
-    render_ids,
     stop_strings,
 )
 from fimtune.records import FimExample, Snippet, SourceFile, Span
@@ -36,6 +35,7 @@ from fimtune.tokenizer import (
     byte_tokenizer_for,
     save_tokenizer,
 )
+from tests.corpus_rows import example_from_span
 
 REQ = FimRequest("acme", "pkg/main.py", "python", "def f(x):\n    ", "\n    return y\n")
 CTX = (
@@ -44,7 +44,7 @@ CTX = (
 )
 REQ_CTX = FimRequest(REQ.repo, REQ.path, REQ.language, REQ.prefix, REQ.suffix, CTX)
 
-# Without context: the facts table of DESIGN.md section 5, prompt and target.
+# Without context: each family's documented FIM layout, prompt and target, written out literally.
 PLAIN = {
     "fimtune": (
         "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
@@ -96,6 +96,14 @@ WITH_CONTEXT = {
 }
 
 
+def _train_ids(
+    template: str, request: FimRequest | FimExample, middle: str, tokenizer: object, budgets: Budgets | None = None
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) as training makes them (train.data.render_examples): render, then encode."""
+    tok = as_fim_tokenizer(tokenizer)
+    return encode(template, render(template, request, middle, tok, budgets), tok)
+
+
 def byte_tok(name: str) -> tokenizers.Tokenizer:
     return byte_tokenizer_for(TEMPLATES[name])
 
@@ -129,7 +137,7 @@ def test_mask_covers_exactly_middle_and_end(name: str) -> None:
     t = TEMPLATES[name]
     tok = as_fim_tokenizer(byte_tok(name))
     middle = "y = x  # ünïcode"
-    ids, labels = render_ids(t, REQ_CTX, middle, tok)
+    ids, labels = _train_ids(t, REQ_CTX, middle, tok)
     assert len(ids) == len(labels)
     learned = [x for x in labels if x != IGNORE_INDEX]
     assert learned == [*tok.encode(middle), tok.token_to_id(t.end)]
@@ -146,7 +154,7 @@ def test_mask_covers_exactly_middle_and_end(name: str) -> None:
 
 def test_ids_are_the_tokenized_pieces() -> None:
     tok = as_fim_tokenizer(byte_tok("qwen2.5-coder"))
-    ids, _ = render_ids("qwen2.5-coder", REQ, "y = x", tok)
+    ids, _ = _train_ids("qwen2.5-coder", REQ, "y = x", tok)
     fp, fs, fm, eot = (
         tok.token_to_id(x) for x in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>")
     )
@@ -199,7 +207,7 @@ def test_budgets_never_exceeded(name: str, max_tokens: int) -> None:
     req = FimRequest("repo", "pkg/main.py", "python", numbered(80, "p"), numbered(80, "s"), ctx)
     b = Budgets(max_tokens=max_tokens, max_middle_tokens=max_tokens // 4)
     middle = numbered(40, "m")
-    ids, labels = render_ids(name, req, middle, tok, b)
+    ids, labels = _train_ids(name, req, middle, tok, b)
     assert len(ids) <= max_tokens
     r = render(name, req, middle, tok, b)
     assert r.truncation.middle_chars > 0  # 40 lines never fit a quarter of these budgets
@@ -238,7 +246,7 @@ def test_identity_corpus_example_and_live_request() -> None:
     end = text.encode().index(b"\n    return")
     span = Span(start, end, "statement")
     ctx = (Snippet("pkg/util.py", "def helper():\n    return 1\n", "definition"),)
-    example = FimExample.from_span(source, span, ctx)
+    example = example_from_span(source, span, ctx)
     # The editor holds the file without the middle, the cursor where the middle starts.
     live_text = example.prefix + example.suffix
     live = FimRequest.at_cursor("acme", "pkg/greet.py", "python", live_text, span.start, ctx)
@@ -307,7 +315,7 @@ def test_autotokenizer_loads_saved_folder(tmp_path: Path) -> None:
     assert hf.is_fast and hf.eos_token == "<|endoftext|>" and hf.pad_token == "<|pad|>"
     assert detect_template(hf) == "fimtune"
     check_tokenizer(t, hf)
-    assert render_ids(t, REQ_CTX, "y = x", hf) == render_ids(t, REQ_CTX, "y = x", raw)
+    assert _train_ids(t, REQ_CTX, "y = x", hf) == _train_ids(t, REQ_CTX, "y = x", raw)
     # A text prompt sent to an engine tokenizes to the same ids as the pieces.
     r = render(t, REQ_CTX, None, hf)
     assert hf(r.prompt, add_special_tokens=True)["input_ids"] == prompt_ids(t, r, raw)

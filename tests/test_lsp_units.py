@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lsp_server.completer import fimtune_language
-from lsp_server.documents import Document, PositionError, line_starts
+from lsp_server.documents import Document, PositionError, line_starts, utf8_offset
 from lsp_server.settings import Settings, parse_settings, settings_section
 
 TEXT = "a = '😀中'\r\nb = 2\rc = 3\nd\u2028e = 4\x0c\n"
@@ -28,7 +28,6 @@ def test_positions_in_each_encoding() -> None:
     assert utf16.offset(1, 0) == TEXT.index("b = 2")
     assert utf16.offset(2, 0) == TEXT.index("c = 3")
     assert utf16.offset(3, 2) == TEXT.index("e = 4")  # U+2028 is one unit of line 3
-    assert utf16.position(TEXT.index("中")) == (0, 7)
     # Past the end of a line: the end of that line (before its \r\n); past the last line: an error.
     assert utf16.offset(0, 99) == TEXT.index("\r\n")
     assert utf16.offset(4, 0) == len(TEXT)
@@ -38,7 +37,8 @@ def test_positions_in_each_encoding() -> None:
         utf16.offset(-1, 0)
     # A column inside the emoji's surrogate pair moves to the end of the character.
     assert utf16.offset(0, 6) == emoji_end
-    assert utf16.byte_offset(emoji_end) == len(TEXT[:emoji_end].encode("utf-8"))
+    assert utf8_offset(TEXT, emoji_end) == len(TEXT[:emoji_end].encode("utf-8"))
+    assert utf8_offset("a\ud800b", 2) == 4  # a lone surrogate (as an editor may hold) is 3 bytes
 
 
 def test_crlf_detection() -> None:

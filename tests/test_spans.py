@@ -11,17 +11,51 @@ import tree_sitter as ts
 
 from fimtune.config import ConfigError, CorpusConfig, SpanConfig
 from fimtune.corpus.spans import (
+    _ID,
     LINE_KINDS,
+    MAX_RUN,
     MAX_WINDOWS,
+    MIN_RUN,
+    STATEMENT_KIND,
+    STATEMENTS_KIND,
     SpanResult,
+    _resolver,
+    _run,
     _sibling_statements,
+    _syntax_nodes,
+    _Text,
     choose_spans,
     examples_for_size,
     query_windows,
-    syntax_candidates,
 )
 from fimtune.languages import LANGUAGES, get_query, parse
-from fimtune.records import FimExample, SourceFile, Span
+from fimtune.records import SourceFile, Span
+from tests.corpus_rows import example_from_span
+
+
+def syntax_candidates(source: SourceFile, cfg: SpanConfig) -> dict[str, list[Span]]:
+    """Every syntax-boundary middle of a file within the caps, per kind: the oracle choose_spans must draw from.
+
+    Empty when the file does not parse cleanly, unless cfg.syntax_in_files_with_errors.
+    """
+    data = source.data
+    tree = parse(source.language, data)
+    text = _Text(data, cfg)
+    nodes = _syntax_nodes(source.language, tree, cfg)
+    out: dict[str, set[tuple[int, int]]] = {}
+    for kind, found in nodes.items():
+        resolve = _resolver(kind, text)
+        out.setdefault(kind, set()).update(r for r in map(resolve, found) if r is not None)
+    if STATEMENT_KIND in nodes:
+        keys = set(map(_ID, nodes[STATEMENT_KIND]))
+        runs = out.setdefault(STATEMENTS_KIND, set())
+        for first in nodes[STATEMENT_KIND]:
+            run = _run(first, MAX_RUN, keys)
+            for k in range(MIN_RUN, len(run) + 1):
+                if text.fits(run[0].start_byte, run[k - 1].end_byte):
+                    runs.add((run[0].start_byte, run[k - 1].end_byte))
+    return {k: [Span(a, b, k) for a, b in sorted(v)] for k, v in sorted(out.items()) if v}
+
 
 SYNTAX_KINDS = ("statement", "statements", "block", "call_args", "condition", "assignment_rhs")
 ALL_KINDS = (*SYNTAX_KINDS, *LINE_KINDS)
@@ -108,7 +142,7 @@ def _check_result(source: SourceFile, result: SpanResult, cfg: SpanConfig) -> No
         assert middle.count(b"\n") + (not middle.endswith(b"\n")) <= cfg.max_middle_lines or not middle
         assert (span.start == span.end) == (span.kind == "empty")
         # Each piece decodes on its own: the offsets are on character boundaries.
-        ex = FimExample.from_span(source, span)
+        ex = example_from_span(source, span)
         assert ex.prefix + ex.middle + ex.suffix == source.text
         assert ex.middle.encode("utf-8") == middle
 

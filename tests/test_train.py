@@ -280,7 +280,7 @@ def test_run_meta_round_trips_and_refuses_other_versions(tmp_path: Path) -> None
     write_run_meta(tmp_path, meta)
     back = read_run_meta(tmp_path)
     assert back == meta
-    assert back.fim_budgets() == Budgets(max_tokens=512)
+    assert Budgets(**back.budgets) == Budgets(max_tokens=512)
     data = json.loads((tmp_path / "fimtune.json").read_text())
     (tmp_path / "fimtune.json").write_text(json.dumps({**data, "fim_format_version": 99}))
     with pytest.raises(RunMetaError, match="format version 99"):

@@ -1,7 +1,7 @@
 """Cross-file context: the repository index (definitions, imports, line windows) and retrieval for a cursor.
 
 One retriever serves the corpus builder (every example) and the language server (every request), so a model
-sees in training exactly the kind of context it gets live (DESIGN.md section 7). Its parts, bottom up:
+sees in training exactly the kind of context it gets live. Its parts, bottom up:
 
 - `files`: one file's entry (`index_file`, pure, runs in worker processes): definitions as compact stubs, import
   specifiers as written, line windows of identifier tokens.

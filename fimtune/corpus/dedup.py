@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -138,29 +138,6 @@ class DedupItem:
     key: tuple[str, str]
     sha: str
     signature: np.ndarray | None
-
-
-@dataclass(frozen=True, slots=True)
-class DedupResult:
-    """For each key: None when it is its own representative, else (reason, representative key)."""
-
-    duplicate_of: dict[tuple[str, str], tuple[str, tuple[str, str]]]
-    # Near-duplicate groups that were kept whole (near_action == "keep"): member -> representative.
-    groups: dict[tuple[str, str], tuple[str, str]]
-
-
-def deduplicate(items: Sequence[DedupItem], cfg: DedupConfig) -> DedupResult:
-    """Mark exact duplicates ("duplicate_exact") and near duplicates ("duplicate_near") among items.
-
-    Items are visited in sorted key order (see Deduplicator), so the result does not depend on their order
-    here or on how the work was split across processes.
-    """
-    dedup = Deduplicator(cfg)
-    duplicate_of: dict[tuple[str, str], tuple[str, tuple[str, str]]] = {}
-    for item in sorted(items, key=lambda it: it.key):
-        if (found := dedup.add(item)) is not None:
-            duplicate_of[item.key] = found
-    return DedupResult(duplicate_of=duplicate_of, groups=dedup.groups)
 
 
 class Deduplicator:

@@ -129,30 +129,6 @@ def query_windows(size: int, n: int, per_example: int, rng: random.Random) -> li
     return windows
 
 
-def syntax_candidates(source: SourceFile, cfg: SpanConfig) -> dict[str, list[Span]]:
-    """Every syntax-boundary middle of a file within the caps, per kind (for tests, `render` and debugging).
-
-    Empty when the file does not parse cleanly, unless cfg.syntax_in_files_with_errors.
-    """
-    data = source.data
-    tree = parse(source.language, data)
-    text = _Text(data, cfg)
-    nodes = _syntax_nodes(source.language, tree, cfg)
-    out: dict[str, set[tuple[int, int]]] = {}
-    for kind, found in nodes.items():
-        resolve = _resolver(kind, text)
-        out.setdefault(kind, set()).update(r for r in map(resolve, found) if r is not None)
-    if STATEMENT_KIND in nodes:
-        keys = set(map(_ID, nodes[STATEMENT_KIND]))
-        runs = out.setdefault(STATEMENTS_KIND, set())
-        for first in nodes[STATEMENT_KIND]:
-            run = _run(first, MAX_RUN, keys)
-            for k in range(MIN_RUN, len(run) + 1):
-                if text.fits(run[0].start_byte, run[k - 1].end_byte):
-                    runs.add((run[0].start_byte, run[k - 1].end_byte))
-    return {k: [Span(a, b, k) for a, b in sorted(v)] for k, v in sorted(out.items()) if v}
-
-
 # --- the file's text: lines, caps, character boundaries ------------------------------------------------------
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from fimtune.prompting import EngineRequest
 
@@ -19,7 +19,7 @@ ENGINES: dict[str, str] = {
     "fixed": "fimtune.engines.fixed:FixedEngine",
 }
 
-STOP_REASONS = ("end", "stop", "length", "cancelled")
+StopReason = Literal["end", "stop", "length", "cancelled"]  # end token, stop string, token limit, cancelled
 
 
 class EngineError(Exception):
@@ -31,7 +31,7 @@ class Completion:
     """What an engine produced, before stop rules."""
 
     text: str  # the stop string or end token is not included
-    stop_reason: str  # one of STOP_REASONS: end token, stop string, token limit, cancelled
+    stop_reason: StopReason
     seconds: float  # wall time of the call
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -67,14 +67,6 @@ class EngineSettings:
     fixed_delay_s: float = 0.0  # fixed: how long each call takes (cancellable)
     fixed_error: str = ""  # fixed: raise EngineError with this message instead of answering
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields passed through
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise EngineError(f"unknown engine setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 def make_engine(settings: EngineSettings) -> Engine:

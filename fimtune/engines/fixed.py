@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 
 
 class FixedEngine:
@@ -33,6 +33,7 @@ class FixedEngine:
             return Completion("", "cancelled", time.perf_counter() - start)
         if self.error:
             raise EngineError(f"fixed engine: {self.error}")
+        reason: StopReason
         text, reason = self.text, "end"
         cuts = [i for i in (text.find(s) for s in request.stop if s) if i >= 0]
         if cuts:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from fimtune.engines.base import Completion, EngineError, EngineSettings
+from fimtune.engines.base import Completion, EngineError, EngineSettings, StopReason
 
 POLL_S = 0.01  # how often a waiting call looks at its cancel event and its deadline
 ERROR_BODY_CHARS = 300  # how much of a server's non-JSON error body goes into a message
@@ -32,7 +32,7 @@ class Delta:
     """One streamed message, decoded: new text, and on the last one why the server stopped and its token counts."""
 
     text: str = ""
-    finish: str | None = None  # "end" | "stop" | "length" once the server has ended the generation
+    finish: StopReason | None = None  # once the server has ended the generation
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
@@ -169,7 +169,7 @@ class _Call:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.matcher = StopMatcher(stops, max_chars)
-        self.finish: str | None = None
+        self.finish: StopReason | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.error: EngineError | None = None
@@ -331,6 +331,7 @@ class HttpStream:
             )
         if call.error is not None:
             raise call.error
+        reason: StopReason
         if call.matcher.capped:
             reason = "length"
         elif call.matcher.stopped:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fimtune.engines.base import Completion, EngineRequest, EngineSettings
+from fimtune.engines.base import Completion, EngineRequest, EngineSettings, StopReason
 from fimtune.engines.http import (
     BadAnswer,
     Delta,
@@ -20,8 +20,12 @@ from fimtune.engines.http import (
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 # llama-server's `stop_type` (since late 2024) and the booleans older servers sent instead.
-STOP_TYPES = {"eos": "end", "word": "stop", "limit": "length"}
-LEGACY_STOP_FLAGS = (("stopped_eos", "end"), ("stopped_word", "stop"), ("stopped_limit", "length"))
+STOP_TYPES: dict[str, StopReason] = {"eos": "end", "word": "stop", "limit": "length"}
+LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
+    ("stopped_eos", "end"),
+    ("stopped_word", "stop"),
+    ("stopped_limit", "length"),
+)
 
 
 class LlamaCppEngine:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 from fimtune.fim_format import FimFormatError, get_template, prompt_ids
 from fimtune.models import (
     ModelError,
@@ -250,7 +250,7 @@ class LocalEngine:
                 ) from None
             new = out[0, len(ids) :].tolist()
         generated = len(new)  # what the model produced, the end token or stop string included
-        reason = "length"
+        reason: StopReason = "length"
         if new and new[-1] in end_ids:
             new, reason = new[:-1], "end"
         text, cut = _cut_at_stops(self.fim_tokenizer.decode(new), request.stop)

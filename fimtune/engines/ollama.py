@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 from fimtune.engines.http import BadAnswer, Delta, HttpStream, ServerError, as_int, merge_extra, ndjson_payloads
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:11434"
@@ -66,5 +66,5 @@ def decode_line(payload: dict[str, Any]) -> Delta:
         raise BadAnswer(f"an /api/generate line without `response`: {str(payload)[:200]}")
     if not payload.get("done"):
         return Delta(response)
-    finish = "length" if payload.get("done_reason") == "length" else "end"
+    finish: StopReason = "length" if payload.get("done_reason") == "length" else "end"
     return Delta(response, finish, as_int(payload.get("prompt_eval_count")), as_int(payload.get("eval_count")))

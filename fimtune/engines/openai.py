@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fimtune.engines.base import Completion, EngineRequest, EngineSettings
+from fimtune.engines.base import Completion, EngineRequest, EngineSettings, StopReason
 from fimtune.engines.http import (
     BadAnswer,
     Delta,
@@ -87,7 +87,8 @@ def decode_chunk(payload: dict[str, Any]) -> Delta:
         raise BadAnswer(f"a completion chunk without `choices`: {str(payload)[:200]}")
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
     assert isinstance(usage, dict)
-    text, finish = "", None
+    text = ""
+    finish: StopReason | None = None
     if choices:
         choice = choices[0]
         text = str(choice.get("text") or "")

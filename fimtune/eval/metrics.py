@@ -33,7 +33,6 @@ METRICS: tuple[str, ...] = (
     "empty_middle_accuracy",
     "over_generation",
 )
-GROUP_KEYS: tuple[str, ...] = ("span_kind", "language")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 # Words a grammar lexes as anonymous tokens that are ordinary identifiers in code (Rust macro fragment specifiers,

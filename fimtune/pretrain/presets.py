@@ -126,7 +126,7 @@ PRESETS: dict[str, Preset] = {
             max_data_mb=400.0,  # bounds the first call's data preparation (a few minutes on 16 cores)
             tokenizer_mb=64.0,
             save_dtype="bfloat16",  # 25M x 2 bytes: about 48 MiB
-            max_shard_bytes=15 * 2**20,  # under the device's 16 MiB per file, with room for the header
+            max_shard_bytes=15 * 2**20,  # files under 16 MiB, as shipped weights are kept, with room for the header
         ),
     )
 }
