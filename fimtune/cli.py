@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -85,50 +86,16 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_build_corpus)
 
 
-def _add_render(sub: argparse._SubParsersAction) -> None:
-    from fimtune.render_cmd import add_render_parser
-
-    add_render_parser(sub)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from fimtune.train.cli import add_train_parser
-
-    add_train_parser(sub)
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from fimtune.eval.cli import add_eval_parser
-
-    add_eval_parser(sub)
-
-
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from fimtune.serve_cmd import add_serve_parser
-
-    add_serve_parser(sub)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    from fimtune.export.cli import add_export_parser
-
-    add_export_parser(sub)
-
-
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from fimtune.pretrain.cli import add_pretrain_parser
-
-    add_pretrain_parser(sub)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_build_corpus,
-    _add_train,
-    _add_eval,
-    _add_render,
-    _add_serve,
-    _add_export,
-    _add_pretrain,
+# Each command's parser, in --help order: (module, function). A module is imported only to add its parser, so
+# torch, transformers and pygls load only in the command that runs.
+COMMANDS: list[tuple[str, str]] = [
+    (__name__, "_add_build_corpus"),
+    ("fimtune.train.cli", "add_train_parser"),
+    ("fimtune.eval.cli", "add_eval_parser"),
+    ("fimtune.render_cmd", "add_render_parser"),
+    ("fimtune.serve_cmd", "add_serve_parser"),
+    ("fimtune.export.cli", "add_export_parser"),
+    ("fimtune.pretrain.cli", "add_pretrain_parser"),
 ]
 
 
@@ -137,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fimtune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
+    for module, name in COMMANDS:
+        add: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), name)
         add(sub)
     return parser
 
