@@ -18,6 +18,7 @@ IGNORE_INDEX = -100
 # Layout slots: the three sentinels and the two texts, in the order a family puts them before the middle.
 PRE, SUF, MID, PREFIX_TEXT, SUFFIX_TEXT = "PRE", "SUF", "MID", "prefix", "suffix"
 PSM: tuple[str, ...] = (PRE, PREFIX_TEXT, SUF, SUFFIX_TEXT, MID)
+SPM: tuple[str, ...] = (PRE, SUF, SUFFIX_TEXT, MID, PREFIX_TEXT)  # CodeLlama's suffix-first order
 
 
 class FimFormatError(ValueError):
@@ -53,6 +54,7 @@ class FimTemplate:
     extra_stops: tuple[str, ...] = ()
     pad: str | None = None
     model_types: tuple[str, ...] = ()  # transformers config.model_type values of this family
+    detected: bool = True  # False: a variant sharing another template's tokens, chosen by name only
 
     def text_of(self, token: str) -> str:
         return dict(self.token_text).get(token, token)
@@ -71,7 +73,7 @@ class FimTemplate:
         return asdict(self)
 
 
-def _codellama(name: str, layout: tuple[str, ...], family: str) -> FimTemplate:
+def _codellama(name: str, layout: tuple[str, ...], family: str, detected: bool = True) -> FimTemplate:
     return FimTemplate(
         name=name,
         family=family,
@@ -85,6 +87,7 @@ def _codellama(name: str, layout: tuple[str, ...], family: str) -> FimTemplate:
         token_text=(("▁<PRE>", "<PRE>"), ("▁<SUF>", " <SUF>"), ("▁<MID>", " <MID>"), ("▁<EOT>", " <EOT>")),
         extra_stops=("<EOT>", "</s>"),
         model_types=("llama",),
+        detected=detected,
     )
 
 
@@ -98,6 +101,20 @@ TEMPLATES: dict[str, FimTemplate] = {
             suffix="<|fim_suffix|>",
             middle="<|fim_middle|>",
             end="<|endoftext|>",
+            repo_name="<|repo_name|>",
+            repo_name_end="\n",
+            file_sep="<|file_sep|>",
+            pad="<|pad|>",
+        ),
+        FimTemplate(
+            name="fimtune-spm",
+            family="fimtune's own small models, suffix first (pretraining's SPM order)",
+            prefix="<|fim_prefix|>",
+            suffix="<|fim_suffix|>",
+            middle="<|fim_middle|>",
+            end="<|endoftext|>",
+            layout=SPM,
+            detected=False,
             repo_name="<|repo_name|>",
             repo_name_end="\n",
             file_sep="<|file_sep|>",
@@ -148,7 +165,7 @@ TEMPLATES: dict[str, FimTemplate] = {
             model_types=("llama",),
         ),
         _codellama("codellama", PSM, "CodeLlama 7B/13B base, prefix-suffix-middle"),
-        _codellama("codellama-spm", (PRE, SUF, SUFFIX_TEXT, MID, PREFIX_TEXT), "CodeLlama 7B/13B base, suffix first"),
+        _codellama("codellama-spm", SPM, "CodeLlama 7B/13B base, suffix first", detected=False),
         FimTemplate(
             name="codegemma",
             family="CodeGemma (pretrained)",
@@ -666,8 +683,9 @@ def detect_template(tokenizer: object, model_type: str | None = None) -> str:
     def fits(t: FimTemplate) -> bool:
         return all(tok.token_to_id(x) is not None and tok.is_special(x) for x in t.tokens())
 
-    # CodeLlama PSM and SPM share their tokens: PSM is the default, pick SPM with --template.
-    candidates = [t for t in TEMPLATES.values() if t.name != "codellama-spm" and fits(t)]
+    # SPM variants share their tokens with a PSM template: PSM is the default, an SPM variant is recorded with
+    # the model or picked with --template.
+    candidates = [t for t in TEMPLATES.values() if t.detected and fits(t)]
     if model_type:
         typed = [t for t in candidates if model_type in t.model_types]
         candidates = typed or candidates

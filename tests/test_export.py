@@ -137,3 +137,16 @@ def test_a_family_the_converter_does_not_take_is_named_with_the_way_out(tmp_path
         export(str(model), "gguf", tmp_path / "out", say=lambda _: None)
     message = str(err.value)
     assert "does not take model type 'foo'" in message and "--to vllm" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["fimtune", "fimtune-spm", "codellama-spm"])
+def test_the_gguf_readme_offers_infill_only_where_it_lays_out_the_template(name: str) -> None:
+    from fimtune.export.run import _gguf_readme
+    from fimtune.fim_format import PSM, get_template
+
+    t = get_template(name)
+    text = _gguf_readme("model-f16.gguf", "--run RUN", 1024, t)
+    # --special: the template's special tokens reach the text, where fimtune's stop strings end a generation
+    assert "llama-server -m model-f16.gguf --port 8080 -c 1024 --special" in text
+    assert "fimtune serve --engine openai --endpoint http://127.0.0.1:8080 --run RUN" in text
+    assert ("--engine llamacpp" in text) == (t.layout == PSM)

@@ -50,6 +50,11 @@ PLAIN = {
         "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
         "y = x<|endoftext|>",
     ),
+    # pretraining's SPM order (fimtune.pretrain.fim): the suffix first, then the prefix runs on into the middle
+    "fimtune-spm": (
+        "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n    ",
+        "y = x<|endoftext|>",
+    ),
     "starcoder": ("<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>", "y = x<|endoftext|>"),
     "starcoder2": ("<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>", "y = x<|endoftext|>"),
     "qwen2.5-coder": (
@@ -75,6 +80,9 @@ WITH_CONTEXT = {
     "fimtune": "<|repo_name|>acme\n<|file_sep|>web/b.js\nconst X = 2;\n<|file_sep|>pkg/util.py\n"
     "def helper():\n    return 1\n<|file_sep|>pkg/main.py\n"
     "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
+    "fimtune-spm": "<|repo_name|>acme\n<|file_sep|>web/b.js\nconst X = 2;\n<|file_sep|>pkg/util.py\n"
+    "def helper():\n    return 1\n<|file_sep|>pkg/main.py\n"
+    "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n    ",
     "starcoder": "<fim_prefix>// web/b.js\nconst X = 2;\n# pkg/util.py\ndef helper():\n    return 1\n"
     "# pkg/main.py\ndef f(x):\n    <fim_suffix>\n    return y\n<fim_middle>",
     "starcoder2": "<repo_name>acme<file_sep>web/b.js\nconst X = 2;\n<file_sep>pkg/util.py\n"
@@ -293,8 +301,11 @@ def test_check_tokenizer_sentinel_that_splits() -> None:
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_detect_template_from_tokens(name: str) -> None:
-    expected = "codellama" if name == "codellama-spm" else name
+    # An SPM variant has its PSM sibling's tokens: found by tokens, the PSM one is chosen; the SPM one is recorded
+    # with the tokenizer (nano's) or named.
+    expected = {"codellama-spm": "codellama", "fimtune-spm": "fimtune"}.get(name, name)
     assert detect_template(byte_tok(name)) == expected
+    assert detect_template(TokenizersAdapter(byte_tok(name), template=name)) == name
 
 
 def test_detect_template_model_type_and_recorded_name() -> None:
@@ -302,7 +313,7 @@ def test_detect_template_model_type_and_recorded_name() -> None:
     assert detect_template(qwen_like) == "fimtune"  # uses more of the tokens than qwen2.5-coder
     assert detect_template(qwen_like, model_type="qwen2") == "qwen2.5-coder"
     assert detect_template(TokenizersAdapter(qwen_like, template="qwen2.5-coder")) == "qwen2.5-coder"
-    with pytest.raises(FimFormatError, match=r"known templates \(fimtune, starcoder"):
+    with pytest.raises(FimFormatError, match=r"known templates \(fimtune, fimtune-spm, starcoder"):
         detect_template(build_byte_tokenizer(["<x>"]))
 
 

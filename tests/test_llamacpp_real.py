@@ -57,8 +57,8 @@ def local() -> Engine:
     return make_engine(EngineSettings(engine="local", base_model="nano", device="cpu", dtype="fp32"))
 
 
-def requests(local: Engine, n: int, max_tokens: int = 24) -> list[EngineRequest]:
-    spec = local.prompt_spec()  # type: ignore[attr-defined]
+def requests(local: Engine, n: int, max_tokens: int = 24, template: str = "auto") -> list[EngineRequest]:
+    spec = local.prompt_spec(template)  # type: ignore[attr-defined]
     return [spec.request(c, max_tokens=max_tokens) for c in cursors(n)]
 
 
@@ -92,16 +92,20 @@ def test_the_gguf_keeps_the_templates_fim_tokens(nano_gguf: Path) -> None:
 
 
 def _first_token_margin(local: Engine, req: EngineRequest, a: str, b: str) -> float:
-    """Where the two greedy texts part: the local model's logit gap between its own token and the server's."""
+    """Where the two greedy texts part: the local model's logit gap between its own token and the server's (the
+    end token for a text that ended there)."""
     import torch
 
+    from fimtune.fim_format import get_template, prompt_ids
+
     engine: Any = local
-    tok = engine.tokenizer
-    ids_a = tok(req.rendered.prompt + a, add_special_tokens=False)["input_ids"]
-    ids_b = tok(req.rendered.prompt + b, add_special_tokens=False)["input_ids"]
+    tok = engine.fim_tokenizer
+    end = tok.token_to_id(get_template(req.rendered.template).end)
+    ids_a, ids_b = [*tok.encode(a), end], [*tok.encode(b), end]
     k = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y)
+    prompt = prompt_ids(req.rendered.template, req.rendered, tok)
     with torch.no_grad():
-        logits = engine.model(torch.tensor([ids_a[:k]])).logits[0, -1].float()
+        logits = engine.model(torch.tensor([prompt + ids_a[:k]])).logits[0, -1].float()
     return float(logits[ids_a[k]] - logits[ids_b[k]])
 
 
@@ -129,7 +133,9 @@ def test_openai_engine_through_llama_server_sees_the_training_tokens_and_complet
 
 def test_infill_lays_out_llama_cpps_own_prompt_and_answers(server: LlamaServer, local: Engine) -> None:
     infill = make_engine(EngineSettings(engine="llamacpp", endpoint=server.url))
-    reqs = requests(local, 10)
+    with pytest.raises(EngineError, match=r"fimtune-spm puts the suffix first.*--engine openai"):
+        infill.complete(requests(local, 1)[0])  # nano's own template: /infill cannot lay it out
+    reqs = requests(local, 10, template="fimtune")  # the prefix-first order of the same tokens, which it can
     results = [infill.complete(req) for req in reqs]
     assert all(r.stop_reason in ("end", "stop", "length") for r in results)
     # Every request made the server generate: an empty middle is a model's answer too (nano ends at once at

@@ -105,7 +105,7 @@ async def test_nano_answers_every_case_promptly(client: LanguageClient, workspac
     prompt = await client.protocol.send_request_async(
         "fimtune/prompt", {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}}
     )
-    assert prompt.template == "fimtune" and prompt.exactCounts and prompt.promptTokens <= 1024, prompt
+    assert prompt.template == "fimtune-spm" and prompt.exactCounts and prompt.promptTokens <= 1024, prompt
     started = time.monotonic()
     result = await client.text_document_inline_completion_async(
         types.InlineCompletionParams(

@@ -29,6 +29,7 @@ from fimtune.pretrain.fim import (
     encode_all,
     fim_pieces,
     pack,
+    serving_template,
 )
 from fimtune.pretrain.presets import PRESETS
 from fimtune.pretrain.tokenizer import train_bpe
@@ -268,8 +269,10 @@ def test_fim_rate_and_spm_share_choose_the_modes() -> None:
     assert {fim_pieces(TEXT, T, FimSettings(rate=0.0), rng)[0] for _ in range(50)} == {"plain"}
     assert {fim_pieces(TEXT, T, FimSettings(rate=1.0, spm_share=0.0), rng)[0] for _ in range(50)} == {"psm"}
     assert {fim_pieces(TEXT, T, FimSettings(rate=1.0, spm_share=1.0), rng)[0] for _ in range(50)} == {"spm"}
-    modes = [fim_pieces(TEXT, T, FimSettings(), rng)[0] for _ in range(2000)]
+    modes = [fim_pieces(TEXT, T, FimSettings(spm_share=0.5), rng)[0] for _ in range(2000)]
     assert 0.05 < modes.count("plain") / 2000 < 0.15 and abs(modes.count("psm") - modes.count("spm")) < 200
+    defaults = {fim_pieces(TEXT, T, FimSettings(), rng)[0] for _ in range(200)}
+    assert defaults == {"plain", "spm"}  # by default every FIM document is in the order nano is served in
 
 
 def test_cut_kinds() -> None:
@@ -329,18 +332,24 @@ def test_chunk_text_cuts_at_line_ends() -> None:
     assert all(c.endswith("\n") for c in chunks[:-3])
 
 
-def test_context_layout_is_what_render_emits() -> None:
-    """Repo-level pretraining examples use exactly the pieces fim_format puts before a prompt with context."""
+@pytest.mark.parametrize("spm_share", [0.0, 1.0])
+def test_pretraining_examples_are_what_render_emits_for_the_template_served(spm_share: float) -> None:
+    """Pretraining sequences, repo-level context included, are exactly the pieces fim_format renders for the
+    template the model is served with (`fimtune` for PSM, `fimtune-spm` for SPM)."""
     ctx = (Snippet("pkg/a.py", "def a():\n    return 1\n", "similar"), Snippet("pkg/b.py", "B = 2", "definition"))
-    lead = context_pieces(T, "pkg", "pkg/main.py", ctx)
-    settings = FimSettings(rate=1.0, spm_share=0.0)
+    settings = FimSettings(rate=1.0, spm_share=spm_share)
+    served = serving_template(settings)
+    assert served.name == ("fimtune-spm" if spm_share else "fimtune")
+    lead = context_pieces(served, "pkg", "pkg/main.py", ctx)
     for seed in range(20):
-        mode, pieces = fim_pieces(TEXT, T, settings, random.Random(seed), lead)
-        assert mode == "psm"
-        prefix, middle, suffix = _split(mode, pieces[len(lead) :])
-        req = FimRequest("pkg", "pkg/main.py", "python", prefix, suffix, ctx)
-        rendered = render(T, req, middle, None, Budgets(max_tokens=100_000, context_share=0.5, max_middle_tokens=5000))
-        assert [(p.text, p.special) for p in rendered.pieces] == [(p.text, p.special) for p in pieces]
+        for context in (ctx, ()):
+            mode, pieces = fim_pieces(TEXT, served, settings, random.Random(seed), lead if context else ())
+            assert mode == ("spm" if spm_share else "psm")
+            prefix, middle, suffix = _split(mode, pieces[len(lead) if context else 0 :])
+            req = FimRequest("pkg", "pkg/main.py", "python", prefix, suffix, context)
+            budgets = Budgets(max_tokens=100_000, context_share=0.5, max_middle_tokens=5000)
+            rendered = render(served, req, middle, None, budgets)
+            assert [(p.text, p.special) for p in rendered.pieces] == [(p.text, p.special) for p in pieces]
 
 
 @pytest.fixture(scope="module")
@@ -485,7 +494,7 @@ def test_pretrain_cli_end_to_end(run: Path) -> None:
 
     model_dir = run / "model"
     tok = load_tokenizer(model_dir)
-    assert detect_template(tok, model_type_of(model_dir)) == "fimtune"
+    assert detect_template(tok, model_type_of(model_dir)) == "fimtune-spm"  # the default: SPM FIM, served SPM
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == report["vocab_size"]
     ids = tok(T.prefix + "def f(x):\n" + T.suffix + "\n" + T.middle, add_special_tokens=False)["input_ids"]
@@ -494,9 +503,9 @@ def test_pretrain_cli_end_to_end(run: Path) -> None:
     assert logits.shape == (1, len(ids), len(tok)) and torch.isfinite(logits).all()
     manifest = json.loads((model_dir / "data_manifest.json").read_text())
     assert manifest["heldout"] == ["beta"] and manifest["skipped_by_reason"]["copyleft licence"] == 1
-    assert manifest["tokens"]["modes"]["train"]["spm"] > 0 and manifest["tokens"]["modes"]["train"]["psm"] > 0
+    assert manifest["tokens"]["modes"]["train"]["spm"] > 0 and manifest["tokens"]["modes"]["train"]["psm"] == 0
     provenance = json.loads((model_dir / "fimtune_preset.json").read_text())
-    assert provenance["template"] == "fimtune" and provenance["trained"]["finished"]
+    assert provenance["template"] == "fimtune-spm" and provenance["trained"]["finished"]
 
 
 @pytest.mark.parametrize("name", ["pico", "nano"])

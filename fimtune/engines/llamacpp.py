@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fimtune.engines.base import Completion, EngineRequest, EngineSettings, StopReason
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 from fimtune.engines.http import (
     BadAnswer,
     Delta,
@@ -16,6 +16,7 @@ from fimtune.engines.http import (
     merge_extra,
     sse_payloads,
 )
+from fimtune.fim_format import PSM, get_template
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
@@ -37,6 +38,10 @@ class LlamaCppEngine:
     budget). fimtune's budgets still decide what is sent: the prefix and suffix as rendering truncated them, and
     the snippets rendering kept, the most relevant last (nearest the cursor, as fimtune lays them out). For
     byte-identical prompts point the openai engine at the same llama-server (`/v1/completions`).
+
+    /infill lays out prefix then suffix (or, with llama-server's --spm-infill, `[SUF] S [PRE] P [MID]`), so a
+    template that puts the suffix first inside the prefix token (`fimtune-spm`, `codellama-spm`) is refused with
+    the way out: the openai engine against the same server.
 
     The adapter must be merged into the base model and converted to GGUF first; `model` is only sent when set
     (llama-server's router mode picks a model by it).
@@ -60,6 +65,12 @@ class LlamaCppEngine:
         )
 
     def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
+        template = get_template(request.rendered.template)
+        if template.layout != PSM:
+            raise EngineError(
+                f"llamacpp: template {template.name} puts the suffix first, which llama.cpp's /infill does not lay "
+                f"out; use --engine openai with --endpoint {self.http.endpoint} (fimtune sends its own prompt)"
+            )
         stops = tuple(dict.fromkeys(s for s in request.stop if s))
         body: dict[str, Any] = {
             **infill_fields(request),

@@ -20,6 +20,11 @@ from typing import Any
 
 from fimtune.models import cache_root
 
+# llama-server ends a generation on its end-of-generation tokens only (EOS, and FIM_PAD/REP/SEP); a template's
+# other special tokens (a FIM prefix or suffix token the model emits) are dropped from the text, so fimtune's
+# stop strings never see them and the server generates on. --special writes them into the text, where the stop
+# strings end the generation as the local engine does.
+SERVE_FLAGS = ("--special",)
 LLAMA_CPP_PYTHON = "0.3.36"  # the sdist whose vendor/llama.cpp is used; pinned: converter and server must match
 # A llama.cpp source folder to use instead of the sdist's (e.g. a checkout); its server is built beside it.
 SOURCES_ENV = "FIMTUNE_LLAMA_CPP"
@@ -132,7 +137,7 @@ class LlamaServer:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx)]
-        cmd += ["-np", "1", "-t", str(threads), "--no-warmup"]
+        cmd += ["-np", "1", "-t", str(threads), "--no-warmup", *SERVE_FLAGS]
         # Its log goes to a file: a pipe nobody reads fills after some requests and then blocks the server.
         self.log = tempfile.TemporaryFile(mode="w+", prefix="llama-server-", suffix=".log")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(

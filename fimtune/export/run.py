@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fimtune.config import ConfigError, check, setting
+from fimtune.export.llamacpp import SERVE_FLAGS
 from fimtune.fim_format import PSM, FimTemplate, stop_strings
 from fimtune.prompting import PromptSpec, resolve_prompt
 
@@ -232,7 +233,7 @@ def export(
             (out / "Modelfile").write_text(ollama_modelfile(src, gguf.name), encoding="utf-8")
             text = _ollama_readme(name, run_flag)
         else:
-            text = _gguf_readme(gguf.name, run_flag, src.spec.budgets.max_tokens)
+            text = _gguf_readme(gguf.name, run_flag, src.spec.budgets.max_tokens, t)
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     readme = out / "README.md"
     readme.write_text(f"# {name}: fimtune export for {to}\n\nFrom `{src.label}`, template `{t.name}`.\n\n{text}")
@@ -244,22 +245,35 @@ def _tokenizer_of(src: Source) -> Path:
     return folder / "tokenizer.json"
 
 
-def _gguf_readme(gguf: str, run_flag: str, ctx: int) -> str:
-    return f"""Serve it with llama.cpp's server (the GGUF carries the template's FIM tokens, so `/infill` lays out the
-same template):
+def _gguf_readme(gguf: str, run_flag: str, ctx: int, t: FimTemplate) -> str:
+    serve = f"""Serve it with llama.cpp's server (`--special` writes the template's special tokens into the text, so
+that the stop strings fimtune sends end a generation at any of them, as fimtune's own engine does):
 
 ```bash
-llama-server -m {gguf} --port 8080 -c {ctx}
+llama-server -m {gguf} --port 8080 -c {ctx} {" ".join(SERVE_FLAGS)}
 ```
 
-Complete in the editor through it, with the prompt fimtune renders itself (byte for byte what training showed
-the model) or through llama.cpp's own `/infill` layout:
+"""
+    if t.layout == PSM:
+        clients = f"""The GGUF carries the template's FIM tokens, so `/infill` lays out the same template. Complete
+in the editor through it, with the prompt fimtune renders itself (byte for byte what training showed the model)
+or through llama.cpp's own `/infill` layout:
 
 ```bash
 fimtune serve --engine openai --endpoint http://127.0.0.1:8080 {run_flag}
 fimtune serve --engine llamacpp --endpoint http://127.0.0.1:8080 {run_flag}
 ```
+"""
+    else:
+        clients = f"""Template `{t.name}` puts the suffix first, which llama.cpp's `/infill` does not lay out, so
+complete in the editor with the prompt fimtune renders itself (byte for byte what training showed the model),
+sent to `/v1/completions`:
 
+```bash
+fimtune serve --engine openai --endpoint http://127.0.0.1:8080 {run_flag}
+```
+"""
+    return f"""{serve}{clients}
 Score it on held-out code the same way: `fimtune eval --corpus CORPUS --engine openai --endpoint
 http://127.0.0.1:8080 {run_flag}`.
 """

@@ -5,16 +5,20 @@ Cuts: char (anywhere), line (whole lines), line_rest (inside a line to its end) 
 
 Layouts, with fimtune's template (P prefix, S suffix, M middle; `[X]` one special token):
 
-    PSM    [fim_prefix] P [fim_suffix] S [fim_middle] M [endoftext]      what fim_format renders and serving sends
-    SPM    [fim_prefix] [fim_suffix] S [fim_middle] P M [endoftext]     suffix first; P and M are contiguous text
+    PSM    [fim_prefix] P [fim_suffix] S [fim_middle] M [endoftext]      the `fimtune` template
+    SPM    [fim_prefix] [fim_suffix] S [fim_middle] P M [endoftext]     the `fimtune-spm` template (the default)
     plain  D [endoftext]                                                 left-to-right
 
 The SPM order is CodeLlama's (and the "SPM variant 2" of Bavarian et al. 2022): the prefix follows the middle
-sentinel, so the model sees prefix and middle as one contiguous text. The `fimtune` template serves PSM only;
-SPM examples make the model better at using the suffix. With repo-level context (a share of examples), the
-example is led by `[repo_name] name\n` and one `[file_sep] path\ntext` per context file, then `[file_sep] path\n`
-of the file itself: exactly the pieces `fim_format.render` puts before a prompt with cross-file context.
-Every text piece is encoded on its own, as `fim_format.encode` does, and the loss is on every token.
+sentinel, so the model sees prefix and middle as one contiguous text and a middle is a continuation of the
+prefix that must end where the suffix begins. A model is served in the order most of its FIM documents had
+(`serving_template`), recorded with its tokenizer. Measured on nano (200 held-out examples): trained 95% PSM
+after two runs at 50%, it gave 2.5% exact match served PSM and 5.0% served SPM; a few-million-parameter model
+learns the SPM continuation far sooner than to find the end of the prefix across the suffix. With repo-level
+context (a share of examples), the example is led by `[repo_name] name\n` and one `[file_sep] path\ntext` per
+context file, then `[file_sep] path\n` of the file itself: exactly the pieces `fim_format.render` puts before a
+prompt with cross-file context. Every text piece is encoded on its own, as `fim_format.encode` does, and the
+loss is on every token.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import tokenizers
 
 from fimtune.config import ConfigError, SpanConfig, check, setting
 from fimtune.corpus.spans import choose_spans
-from fimtune.fim_format import FimTemplate, Piece
+from fimtune.fim_format import FimTemplate, Piece, get_template
 from fimtune.pretrain.data import Document
 from fimtune.records import Snippet, SourceFile
 
@@ -55,7 +59,12 @@ class FimSettings:
         at_most=1,
     )
     spm_share: float = setting(
-        0.5, help="share of FIM documents in SPM order (the rest PSM)", flag="--spm-share", at_least=0, at_most=1
+        1.0,
+        help="share of FIM documents in SPM order (the rest PSM); the model is served in the order most of them "
+        "had (`fimtune-spm` from 0.5 up, else `fimtune`)",
+        flag="--spm-share",
+        at_least=0,
+        at_most=1,
     )
     char_weight: float = setting(0.2, help="cut points anywhere (character level)", at_least=0)
     line_weight: float = setting(0.15, help="middle made of whole lines", at_least=0)
@@ -86,6 +95,12 @@ class FimSettings:
             raise FimSettingsError(
                 "fim.char_weight, fim.line_weight, fim.line_rest_weight, fim.syntax_weight: not all 0"
             )
+
+
+def serving_template(settings: FimSettings) -> FimTemplate:
+    """The template a model pretrained with these settings is served with, recorded with its tokenizer: the order
+    most of its FIM documents had. Both use the same tokens; only the layout differs."""
+    return get_template("fimtune-spm" if settings.spm_share >= 0.5 else "fimtune")
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:

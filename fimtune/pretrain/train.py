@@ -21,11 +21,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from fimtune import __version__
 from fimtune.config import from_dict, to_dict
-from fimtune.fim_format import TEMPLATES
 from fimtune.models import ModelError, load_tokenizer, model_label, resolve_dtype
 from fimtune.pretrain.config import PretrainConfig
 from fimtune.pretrain.data import SourceError, collect, default_sources
-from fimtune.pretrain.fim import build_sequences, pack
+from fimtune.pretrain.fim import build_sequences, pack, serving_template
 from fimtune.pretrain.presets import Preset, get_preset, llama_config
 from fimtune.pretrain.tokenizer import capped, train_bpe
 from fimtune.tokenizer import save_tokenizer
@@ -43,7 +42,6 @@ MODEL = "model"
 DATA = "data"
 DATA_MANIFEST = "data_manifest.json"
 PRESET_FILE = "fimtune_preset.json"  # also written by the `tiny` preset: marks a model fimtune built itself
-TEMPLATE = "fimtune"
 # Dense bf16 peak of GPUs, for MFU (matched against torch.cuda.get_device_name()).
 PEAK_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
@@ -141,7 +139,7 @@ def _collect(cfg: PretrainConfig, sources: list[Any], template: Any) -> tuple[An
 def prepare_data(cfg: PretrainConfig, preset: Preset, out: Path) -> dict[str, Any]:
     """Collect sources, train the tokenizer (saved into <out>/model), build FIM sequences and pack rows into
     <out>/data/{train,heldout}.npy; returns the data manifest (also written to <out>/data/data_manifest.json)."""
-    template = TEMPLATES[TEMPLATE]
+    template = serving_template(cfg.fim)
     started = time.perf_counter()
     sources = cfg.sources or default_sources()
     collected, manifest = _collect(cfg, sources, template)
@@ -506,7 +504,7 @@ def _write_provenance(
     """fimtune_preset.json beside the weights: what the model is, how long it trained, on what data."""
     provenance = {
         "preset": preset.to_dict(),
-        "template": TEMPLATE,
+        "template": serving_template(cfg.fim).name,
         "params": report["params"],
         "trained": {k: report[k] for k in ("steps", "max_steps", "finished", "tokens_seen")},
         "heldout_loss": {"start": report["heldout_loss_start"], "end": report["heldout_loss_end"]},
@@ -528,7 +526,7 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
     preset = get_preset(cfg.preset)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    template = TEMPLATES[TEMPLATE]
+    template = serving_template(cfg.fim)
     model_dir = out / MODEL
 
     # 1. Data and tokenizer (built once per run folder; a resumed run reads them back).
