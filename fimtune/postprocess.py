@@ -556,11 +556,27 @@ def _adds_errors(prefix_win: str, completion: str, suffix_win: str, language: st
 # ---------------------------------------------------------------- entry point
 
 
-def postprocess(completion: str, prefix: str, suffix: str, language: str, rules: StopRules = StopRules()) -> Processed:
-    """Apply the stop rules to a raw completion for the cursor between prefix and suffix (see module docstring)."""
+def _common_start(a: str, b: str) -> int:
+    """How many characters a and b share at their start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def postprocess(
+    completion: str, prefix: str, suffix: str, language: str, rules: StopRules = StopRules(), *, lead: str = ""
+) -> Processed:
+    """Apply the stop rules to a raw completion for the cursor between prefix and suffix (see module docstring).
+
+    lead: the blanks that ended the prefix and that rendering moved into the middle (`Rendered.lead`); the
+    editor holds them already, so the completion's own copy (as much of it as it wrote) is dropped first.
+    """
     mode = line_mode(prefix, suffix, language) if rules.mode == "auto" else rules.mode
     cuts: list[str] = []
-    text = completion
+    text = completion[_common_start(lead, completion) :] if lead else completion
 
     def step(name: str, new: str) -> None:
         nonlocal text

@@ -503,7 +503,7 @@ class Completer:
         else:
             self._count("cache_hits")
         t = time.perf_counter()
-        processed = postprocess(raw, fim.prefix, fim.suffix, language, self.rules)
+        processed = postprocess(raw, fim.prefix, fim.suffix, language, self.rules, lead=request.rendered.lead)
         self._time("postprocess", t)
         return _Produced(processed.text, processed.mode, source, processed.cuts)
 

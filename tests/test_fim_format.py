@@ -22,6 +22,7 @@ from fimtune.fim_format import (
     detect_template,
     encode,
     get_template,
+    lead_of,
     prompt_ids,
     render,
     stop_strings,
@@ -44,63 +45,64 @@ CTX = (
 )
 REQ_CTX = FimRequest(REQ.repo, REQ.path, REQ.language, REQ.prefix, REQ.suffix, CTX)
 
-# Without context: each family's documented FIM layout, prompt and target, written out literally.
+# Without context: each family's documented FIM layout, prompt and target, written out literally. The prefix ends
+# in an indentation, which rendering moves to the start of the middle (`lead_of`).
 PLAIN = {
     "fimtune": (
-        "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
-        "y = x<|endoftext|>",
+        "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
+        "    y = x<|endoftext|>",
     ),
     # pretraining's SPM order (fimtune.pretrain.fim): the suffix first, then the prefix runs on into the middle
     "fimtune-spm": (
-        "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n    ",
-        "y = x<|endoftext|>",
+        "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n",
+        "    y = x<|endoftext|>",
     ),
-    "starcoder": ("<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>", "y = x<|endoftext|>"),
-    "starcoder2": ("<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>", "y = x<|endoftext|>"),
+    "starcoder": ("<fim_prefix>def f(x):\n<fim_suffix>\n    return y\n<fim_middle>", "    y = x<|endoftext|>"),
+    "starcoder2": ("<fim_prefix>def f(x):\n<fim_suffix>\n    return y\n<fim_middle>", "    y = x<|endoftext|>"),
     "qwen2.5-coder": (
-        "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
-        "y = x<|endoftext|>",
+        "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
+        "    y = x<|endoftext|>",
     ),
     "deepseek-coder": (
-        "<｜fim▁begin｜>def f(x):\n    <｜fim▁hole｜>\n    return y\n<｜fim▁end｜>",
-        "y = x<｜end▁of▁sentence｜>",
+        "<｜fim▁begin｜>def f(x):\n<｜fim▁hole｜>\n    return y\n<｜fim▁end｜>",
+        "    y = x<｜end▁of▁sentence｜>",
     ),
-    "codellama": ("<PRE> def f(x):\n     <SUF>\n    return y\n <MID>", "y = x <EOT>"),
-    "codellama-spm": ("<PRE> <SUF>\n    return y\n <MID> def f(x):\n    ", "y = x <EOT>"),
+    "codellama": ("<PRE> def f(x):\n <SUF>\n    return y\n <MID>", "    y = x <EOT>"),
+    "codellama-spm": ("<PRE> <SUF>\n    return y\n <MID> def f(x):\n", "    y = x <EOT>"),
     "codegemma": (
-        "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
-        "y = x<|file_separator|>",
+        "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
+        "    y = x<|file_separator|>",
     ),
     # mistral-common: "<s>[SUFFIX]return▁a▁+▁b[PREFIX]▁def▁f(": the prefix carries SentencePiece's leading space.
-    "codestral": ("[SUFFIX]\n    return y\n[PREFIX] def f(x):\n    ", "y = x</s>"),
+    "codestral": ("[SUFFIX]\n    return y\n[PREFIX] def f(x):\n", "    y = x</s>"),
 }
 
 # With two context snippets (most relevant first; the most relevant is laid out nearest the cursor).
 WITH_CONTEXT = {
     "fimtune": "<|repo_name|>acme\n<|file_sep|>web/b.js\nconst X = 2;\n<|file_sep|>pkg/util.py\n"
     "def helper():\n    return 1\n<|file_sep|>pkg/main.py\n"
-    "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
+    "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
     "fimtune-spm": "<|repo_name|>acme\n<|file_sep|>web/b.js\nconst X = 2;\n<|file_sep|>pkg/util.py\n"
     "def helper():\n    return 1\n<|file_sep|>pkg/main.py\n"
-    "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n    ",
+    "<|fim_prefix|><|fim_suffix|>\n    return y\n<|fim_middle|>def f(x):\n",
     "starcoder": "<fim_prefix>// web/b.js\nconst X = 2;\n# pkg/util.py\ndef helper():\n    return 1\n"
-    "# pkg/main.py\ndef f(x):\n    <fim_suffix>\n    return y\n<fim_middle>",
+    "# pkg/main.py\ndef f(x):\n<fim_suffix>\n    return y\n<fim_middle>",
     "starcoder2": "<repo_name>acme<file_sep>web/b.js\nconst X = 2;\n<file_sep>pkg/util.py\n"
     "def helper():\n    return 1\n<file_sep><fim_prefix>pkg/main.py\n"
-    "def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>",
+    "def f(x):\n<fim_suffix>\n    return y\n<fim_middle>",
     "qwen2.5-coder": "<|repo_name|>acme\n<|file_sep|>web/b.js\nconst X = 2;\n<|file_sep|>pkg/util.py\n"
     "def helper():\n    return 1\n<|file_sep|>pkg/main.py\n"
-    "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
+    "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
     "deepseek-coder": "<｜fim▁begin｜>// web/b.js\nconst X = 2;\n# pkg/util.py\ndef helper():\n    return 1\n"
-    "# pkg/main.py\ndef f(x):\n    <｜fim▁hole｜>\n    return y\n<｜fim▁end｜>",
+    "# pkg/main.py\ndef f(x):\n<｜fim▁hole｜>\n    return y\n<｜fim▁end｜>",
     "codellama": "<PRE> // web/b.js\nconst X = 2;\n# pkg/util.py\ndef helper():\n    return 1\n"
-    "# pkg/main.py\ndef f(x):\n     <SUF>\n    return y\n <MID>",
+    "# pkg/main.py\ndef f(x):\n <SUF>\n    return y\n <MID>",
     "codellama-spm": "<PRE> <SUF>\n    return y\n <MID> // web/b.js\nconst X = 2;\n# pkg/util.py\n"
-    "def helper():\n    return 1\n# pkg/main.py\ndef f(x):\n    ",
+    "def helper():\n    return 1\n# pkg/main.py\ndef f(x):\n",
     "codegemma": "// web/b.js\nconst X = 2;\n<|file_separator|># pkg/util.py\ndef helper():\n    return 1\n"
-    "<|file_separator|><|fim_prefix|># pkg/main.py\ndef f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>",
+    "<|file_separator|><|fim_prefix|># pkg/main.py\ndef f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>",
     "codestral": "[SUFFIX]\n    return y\n[PREFIX] // web/b.js\nconst X = 2;\n# pkg/util.py\n"
-    "def helper():\n    return 1\n# pkg/main.py\ndef f(x):\n    ",
+    "def helper():\n    return 1\n# pkg/main.py\ndef f(x):\n",
 }
 
 
@@ -148,7 +150,7 @@ def test_mask_covers_exactly_middle_and_end(name: str) -> None:
     ids, labels = _train_ids(t, REQ_CTX, middle, tok)
     assert len(ids) == len(labels)
     learned = [x for x in labels if x != IGNORE_INDEX]
-    assert learned == [*tok.encode(middle), tok.token_to_id(t.end)]
+    assert learned == [*tok.encode(lead_of(REQ_CTX.prefix) + middle), tok.token_to_id(t.end)]  # the lead opens it
     assert ids[len(ids) - len(learned) :] == learned  # the target is the tail
     assert all(x == IGNORE_INDEX for x in labels[: len(ids) - len(learned)])
     r = render(t, REQ_CTX, middle, tok)
@@ -166,7 +168,8 @@ def test_ids_are_the_tokenized_pieces() -> None:
     fp, fs, fm, eot = (
         tok.token_to_id(x) for x in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>")
     )
-    assert ids == [fp, *tok.encode(REQ.prefix), fs, *tok.encode(REQ.suffix), fm, *tok.encode("y = x"), eot]
+    head, lead = REQ.prefix.removesuffix("    "), "    "  # the prefix's indentation opens the middle
+    assert ids == [fp, *tok.encode(head), fs, *tok.encode(REQ.suffix), fm, *tok.encode(lead + "y = x"), eot]
 
 
 def numbered(n: int, tag: str) -> str:
@@ -374,7 +377,8 @@ def test_budgets_roundtrip_and_errors() -> None:
 def test_approximate_counter_is_deterministic() -> None:
     assert ApproxCounter().count("abcdefg") == 2 and ApproxCounter().count("é" * 7) == 4
     r = render("fimtune", REQ, "y = x")
-    assert r.prompt_tokens == 3 + ApproxCounter().count(REQ.prefix) + ApproxCounter().count(REQ.suffix)
+    head = REQ.prefix[: len(REQ.prefix) - len(r.lead)]
+    assert r.lead == "    " and r.prompt_tokens == 3 + ApproxCounter().count(head) + ApproxCounter().count(REQ.suffix)
     assert render("fimtune", REQ, "y = x") == r
 
 
@@ -392,3 +396,24 @@ def test_cuts_match_brute_force_on_long_texts() -> None:
             assert cut_right(text, budget, len) == text[:best_right]
         else:
             assert cut_right(text, budget, len) == text[:budget]
+
+
+def test_the_prefixs_trailing_blanks_open_the_middle() -> None:
+    assert [lead_of(p) for p in ("x = ", "def f():\n    ", "a\t \t", "abc", "a\n", "", "  ")] == [
+        " ",
+        "    ",
+        "\t \t",
+        "",
+        "",
+        "",
+        "  ",
+    ]
+    req = FimRequest("r", "a.py", "python", "class U:\n    def __init__(self, name):\n        self.name = ", "\n")
+    prompt = render("fimtune-spm", req)
+    assert prompt.lead == " " and prompt.prompt.endswith("self.name =")
+    example = render("fimtune-spm", req, "name")
+    assert example.prompt == prompt.prompt and example.target == " name<|endoftext|>"
+    tok = as_fim_tokenizer(byte_tok("fimtune-spm"))
+    ids, labels = encode("fimtune-spm", render("fimtune-spm", req, "name", tok), tok)
+    assert [i for i in labels if i != IGNORE_INDEX] == [*tok.encode(" name"), tok.token_to_id("<|endoftext|>")]
+    assert ids[: len(ids) - len(tok.encode(" name")) - 1] == prompt_ids("fimtune-spm", prompt, tok)

@@ -400,12 +400,12 @@ async def test_unicode_positions(client: LanguageClient, workspace: Path) -> Non
     units = len(line[:before_x].encode("utf-8")) if utf8 else len(line[:before_x].encode("utf-16-le")) // 2
     p = await prompt_at(client, uri, 0, units)
     assert p["prefixChars"] == before_x
-    assert p["prompt"].find("😀中文' + ") >= 0
+    assert "😀中文' +<|fim_suffix|>x" in p["prompt"]  # the blank before the cursor opens the middle (lead_of)
     # An edit after the emoji, in client units, lands where the user typed it.
     insert(client, uri, 2, 0, units, "y + ")
     p = await prompt_at(client, uri, 0, units + 4)
     assert p["prefixChars"] == before_x + 4
-    assert "'😀中文' + y + " in p["prompt"]
+    assert "'😀中文' + y +<|fim_suffix|>x" in p["prompt"]
 
 
 async def test_crlf_document(client: LanguageClient, workspace: Path) -> None:

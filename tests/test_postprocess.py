@@ -523,3 +523,13 @@ def test_cost_does_not_grow_with_the_file() -> None:
         best = min(best, time.perf_counter() - start)
     assert out.text == "z = compute(x)\n    return z"
     assert best < 0.05, f"postprocess on a 5 MB file took {best * 1000:.1f} ms"
+
+
+def test_the_lead_rendering_moved_into_the_middle_is_not_inserted_twice() -> None:
+    prefix, suffix = "def f(a, b):\n    return a + ", "\n"
+    assert postprocess(" b\n    return a + b\n", prefix, suffix, "python", lead=" ").text == "b"
+    assert postprocess("b", prefix, suffix, "python", lead=" ").text == "b"  # it wrote none of the lead
+    body = "def main():\n    "
+    assert postprocess("    run()\n", body, "\n", "python", lead="    ").text == "run()"
+    assert postprocess("  run()\n", body, "\n", "python", lead="    ").text == "run()"  # part of it
+    assert postprocess(" b", prefix, suffix, "python").text == " b"  # no lead: nothing dropped

@@ -23,7 +23,7 @@ from transformers import TrainerCallback  # noqa: E402
 from fimtune import CORPUS_FORMAT_VERSION  # noqa: E402
 from fimtune.config import CorpusConfig, SpanConfig  # noqa: E402
 from fimtune.corpus.pipeline import build_corpus  # noqa: E402
-from fimtune.fim_format import IGNORE_INDEX, TEMPLATES, Budgets  # noqa: E402
+from fimtune.fim_format import FORMAT_VERSION, IGNORE_INDEX, TEMPLATES, Budgets  # noqa: E402
 from fimtune.models import build_tiny_model, resolve_base_model  # noqa: E402
 from fimtune.records import FimExample  # noqa: E402
 from fimtune.run_meta import RunMeta, RunMetaError, read_run_meta, write_run_meta  # noqa: E402
@@ -270,7 +270,7 @@ def test_run_meta_round_trips_and_refuses_other_versions(tmp_path: Path) -> None
     meta = RunMeta(
         base_model="tiny",
         template="fimtune",
-        fim_format_version=1,
+        fim_format_version=FORMAT_VERSION,
         budgets=Budgets(max_tokens=512).to_dict(),
         context={"enabled": True, "max_chars": 4000},
         seq_len=512,
@@ -282,9 +282,10 @@ def test_run_meta_round_trips_and_refuses_other_versions(tmp_path: Path) -> None
     assert back == meta
     assert Budgets(**back.budgets) == Budgets(max_tokens=512)
     data = json.loads((tmp_path / "fimtune.json").read_text())
-    (tmp_path / "fimtune.json").write_text(json.dumps({**data, "fim_format_version": 99}))
-    with pytest.raises(RunMetaError, match="format version 99"):
-        read_run_meta(tmp_path)
+    for other in (99, FORMAT_VERSION - 1):  # a run rendered otherwise (version 1: the prefix kept its blanks)
+        (tmp_path / "fimtune.json").write_text(json.dumps({**data, "fim_format_version": other}))
+        with pytest.raises(RunMetaError, match=f"format version {other}"):
+            read_run_meta(tmp_path)
     (tmp_path / "fimtune.json").write_text(json.dumps({**data, "version": 7}))
     with pytest.raises(RunMetaError, match="version 7"):
         read_run_meta(tmp_path)

@@ -100,7 +100,7 @@ def infill_fields(request: EngineRequest) -> dict[str, Any]:
     cut = rendered.truncation
     snippets = [s for s in fim.context if s.text][: rendered.context_kept]
     return {
-        "input_prefix": fim.prefix[cut.prefix_chars :],
+        "input_prefix": fim.prefix[cut.prefix_chars : len(fim.prefix) - len(rendered.lead)],
         "input_suffix": fim.suffix[: len(fim.suffix) - cut.suffix_chars],
         "input_extra": [{"filename": s.path, "text": s.text} for s in reversed(snippets)],
     }

@@ -265,7 +265,7 @@ def evaluate_model(
             "seconds": round(completion.seconds, 6),
         }
         for name, rules in RULES.items():
-            processed = postprocess(completion.text, ex.prefix, ex.suffix, ex.language, rules)
+            processed = postprocess(completion.text, ex.prefix, ex.suffix, ex.language, rules, lead=req.rendered.lead)
             scores = score_example(processed.text, ex.middle, prefix=ex.prefix, suffix=ex.suffix, language=ex.language)
             rows[name].append({**scores, "span_kind": ex.span_kind, "language": ex.language})
             record[name] = {"text": processed.text, "cuts": list(processed.cuts), "scores": scores}

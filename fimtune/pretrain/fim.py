@@ -32,7 +32,7 @@ import tokenizers
 
 from fimtune.config import ConfigError, SpanConfig, check, setting
 from fimtune.corpus.spans import choose_spans
-from fimtune.fim_format import FimTemplate, Piece, get_template
+from fimtune.fim_format import FimTemplate, Piece, get_template, lead_of
 from fimtune.pretrain.data import Document
 from fimtune.records import Snippet, SourceFile
 
@@ -210,6 +210,7 @@ def fim_pieces(
     weights = (settings.char_weight, settings.line_weight, settings.line_rest_weight, settings.syntax_weight)
     cut = rng.choices(CUTS, weights=weights)[0]
     a, b = cut_points(text, cut, rng, language)
+    a -= len(lead_of(text[:a]))  # the prefix's trailing blanks open the middle, as fim_format.render lays them
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
     if rng.random() < settings.spm_share:
         add_token(template.prefix)
