@@ -25,7 +25,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from fimtune.engines.base import EngineError, EngineRequest
 from fimtune.fim_format import FimFormatError, FimRequest
 from fimtune.languages import LANGUAGES, language_for_path
-from fimtune.postprocess import StopRules, postprocess
+from fimtune.postprocess import StopRules, line_mode, postprocess
 from fimtune.records import Snippet
 from lsp_server.documents import utf8_offset, without_lone_surrogates
 from lsp_server.engine_host import EngineHost, Loaded
@@ -446,6 +446,13 @@ class Completer:
             t = self._time("context", t)
         fim = FimRequest.at_cursor(repo, rel, cursor.language, text, byte_offset, snippets)
         request = loaded.spec.request(fim, settings.max_tokens)
+        if self.rules.mode == "single" or (
+            self.rules.mode == "auto" and line_mode(fim.prefix, fim.suffix, cursor.language) == "single"
+        ):
+            # The stop rules keep the first line only: the engine stops at the newline instead of writing lines
+            # that would be cut (the same text, sooner).
+            # First: an OpenAI-style server takes only four stop strings (the client cuts at all of them).
+            request = replace(request, stop=("\n", *request.stop))
         if timed:
             self._time("render", t)
         return fim, request

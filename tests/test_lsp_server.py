@@ -388,6 +388,17 @@ async def test_malformed_params_and_positions_get_error_responses(client: Langua
 # ---- positions, line endings, large documents, context ---------------------------------------------------
 
 
+async def test_a_single_line_cursor_stops_the_engine_at_the_newline(client: LanguageClient, workspace: Path) -> None:
+    """Where the stop rules keep the first line only, the engine is told to stop at the newline (the same text,
+    sooner); where a block may follow, it is not."""
+    await configure(client)
+    uri = open_doc(client, workspace, "def f(a):\n    x = a + 1\n    \n")
+    single = await prompt_at(client, uri, 1, len("    x = a"))
+    multi = await prompt_at(client, uri, 2, 4)
+    assert single["stop"][0] == "\n" and single["stop"][1:] == multi["stop"]
+    assert "\n" not in multi["stop"]
+
+
 async def test_unicode_positions(client: LanguageClient, workspace: Path) -> None:
     await configure(client)
     line = "s = '😀中文' + x"
