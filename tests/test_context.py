@@ -431,6 +431,8 @@ def test_incremental_updates_equal_a_full_rebuild() -> None:
         ("app/report.py", REPORT[:120]),
         ("app/geometry.py", GEOMETRY),
     ]
+    for path, prefix in queries:  # what the index keeps per file from a retrieval must not outlive an update
+        index.retrieve(path, "python", prefix)
     # modify, add, remove
     files["app/report.py"] = (
         REPORT.replace("monthly_report", "weekly_report") + "\n\ndef area_of_square(side):\n    pass\n"

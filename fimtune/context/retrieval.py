@@ -4,8 +4,10 @@ windows of other files most similar to the code just before it, within the conte
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from fimtune.config import ContextConfig, check
 from fimtune.context.files import Definition, FileIndex, imports_of, tokenize
@@ -26,6 +28,38 @@ class _Entry:
     imports: tuple[str, ...]
     wids: list[int]
     named: frozenset[str]  # the last name of each import specifier (imported by name: "x" of "a.b.x")
+
+
+@dataclass(slots=True)
+class _Imported:
+    """The definitions of the files one file imports, in import order then file order, with what ranking them
+    for a cursor needs: positions by name, which are methods, sizes, and for an exact early stop the smallest
+    size of the non-method definitions from each position on."""
+
+    defs: list[Definition]
+    by_name: dict[str, list[int]]
+    method: list[bool]
+    sizes: list[int]
+    tail_min: list[int]  # min size of the non-method definitions at positions >= i (len(defs) + 1 entries)
+    flat: list[str | None]  # each one's text with white space squashed, made when first needed
+
+    @classmethod
+    def of(cls, definitions: list[Definition]) -> _Imported:
+        by_name: dict[str, list[int]] = {}
+        for i, d in enumerate(definitions):
+            by_name.setdefault(d.name, []).append(i)
+        method = [d.kind == "method" for d in definitions]
+        sizes = [len(d.text) for d in definitions]
+        tail_min = [sys.maxsize] * (len(definitions) + 1)
+        for i in range(len(definitions) - 1, -1, -1):
+            tail_min[i] = tail_min[i + 1] if method[i] else min(tail_min[i + 1], sizes[i])
+        return cls(definitions, by_name, method, sizes, tail_min, [None] * len(definitions))
+
+    def squashed(self, i: int) -> str:
+        flat = self.flat[i]
+        if flat is None:
+            flat = self.flat[i] = _squash(self.defs[i].text)
+        return flat
 
 
 # The lines around a cursor that retrieval reads are cut to this many characters as well: a 5 MB minified line
@@ -73,6 +107,18 @@ def _squash(text: str) -> str:
     return " ".join(text.split())
 
 
+def _tiers(
+    imp: _Imported, near: set[str], around: set[str], named: frozenset[str]
+) -> tuple[list[int], list[int], set[int]]:
+    """Positions of tier 2 (the name is used in the query lines just before the cursor) and tier 1 (imported by
+    name, or used in the lines around the cursor; methods only count when used near the cursor, their signatures
+    are in their class's stub otherwise), each in position order, and the set of both (tier 0 is the rest)."""
+    by_name = imp.by_name
+    top = sorted(i for name in near if name in by_name for i in by_name[name])
+    mid = sorted(i for name in (named | around) - near if name in by_name for i in by_name[name] if not imp.method[i])
+    return top, mid, {*top, *mid}
+
+
 class RepoIndex:
     """Definitions, imports and BM25 windows of one repository; updated one file at a time."""
 
@@ -82,6 +128,7 @@ class RepoIndex:
         self._files: dict[str, _Entry] = {}
         self._paths = Paths()
         self._resolved: dict[str, tuple[str, ...]] = {}
+        self._imported: dict[str, _Imported] = {}  # per file; any update can change it, so any update clears it
         self.store = WindowStore(cfg.window_lines, cfg.max_postings)
 
     @classmethod
@@ -109,6 +156,7 @@ class RepoIndex:
 
     def update(self, fi: FileIndex) -> None:
         """Add a file or replace its entries; nothing of any other file is touched."""
+        self._imported.clear()
         if fi.path in self._files:
             self._drop(fi.path)
             self._resolved.pop(fi.path, None)
@@ -122,6 +170,7 @@ class RepoIndex:
         """Forget a file (no-op when it is not indexed)."""
         if path not in self._files:
             return
+        self._imported.clear()
         self._drop(path)
         del self._files[path]
         self._paths.discard(path)
@@ -172,24 +221,34 @@ class RepoIndex:
             tokenize(before[: len(before) - len(query)]), tokenize(_head_lines(suffix, cfg.query_lines))
         )
 
-        ranked = self._ranked_definitions(path, language, prefix, suffix, near, around)
+        imp, named = self._imported_for(path, language, prefix, suffix)
+        top, mid, skip = _tiers(imp, near, around, named)
         chosen: list[tuple[int, Definition]] = []
+        chosen_at: set[int] = set()
         taken: list[str] = []
         used = 0
 
         def take_definitions(budget: int, max_count: int) -> None:
+            """In rank order: tier 2 (named in the query lines), tier 1 (imported by name or used around the
+            cursor; no methods), tier 0 (the other non-methods, in order). Ends once no definition left can fit."""
             nonlocal used
-            for tier, d in ranked:
+            ranked = chain(
+                ((2, i) for i in top), ((1, i) for i in mid), ((0, i) for i in range(len(imp.defs)) if i not in skip)
+            )
+            for tier, i in ranked:
                 if len(chosen) >= max_count or used >= budget:
                     break
-                if used + len(d.text) > budget or any(c is d for _, c in chosen):
+                if tier == 0 and budget - used < imp.tail_min[i]:
+                    break  # every tier-0 definition from here on is larger than what is left
+                if (tier == 0 and imp.method[i]) or used + imp.sizes[i] > budget or i in chosen_at:
                     continue
-                flat = _squash(d.text)
+                flat = imp.squashed(i)
                 if any(flat in t for t in taken):
                     continue  # e.g. a method already shown in its class
-                chosen.append((tier, d))
+                chosen.append((tier, imp.defs[i]))
+                chosen_at.add(i)
                 taken.append(flat)
-                used += len(d.text)
+                used += imp.sizes[i]
 
         share = cfg.definitions_share
         take_definitions(int(cfg.max_chars * share), math.ceil(cfg.max_snippets * share))
@@ -201,36 +260,18 @@ class RepoIndex:
         others = [Snippet(d.path, d.text, "definition") for tier, d in chosen if tier == 0]
         return (*mentioned, *windows, *others)
 
-    def _ranked_definitions(
-        self, path: str, language: str, prefix: str, suffix: str, near: set[str], around: set[str]
-    ) -> list[tuple[int, Definition]]:
-        """Definitions of the imported files, by tier then import order then file order.
-
-        Tier 2: the name is used in the query lines just before the cursor; tier 1: imported by name, or used
-        in the lines around the cursor; tier 0: the rest. Methods only count when used near the cursor (their
-        signatures are in their class's stub otherwise).
-        """
+    def _imported_for(self, path: str, language: str, prefix: str, suffix: str) -> tuple[_Imported, frozenset[str]]:
+        """The definitions `path` imports (cached per indexed file) and the names it imports by name."""
         entry = self._files.get(path)
-        if entry is not None:
-            targets = self.resolve_imports(path)
-            named = entry.named
-        else:  # a file the index has not seen (a new buffer): its imports come from the live text
+        if entry is None:  # a file the index has not seen (a new buffer): its imports come from the live text
             specs = imports_of(language, prefix + suffix)
             targets = self._resolve(path, language, specs)
-            named = imported_names(specs)
-        # Visited in import order then file order, so appending to one list per tier is that order within it.
-        tiers: tuple[list[Definition], list[Definition], list[Definition]] = ([], [], [])
-        for target in targets:
-            for d in self._files[target].definitions:
-                if d.name in near:
-                    tiers[2].append(d)
-                elif d.kind == "method":
-                    continue
-                elif d.name in named or d.name in around:
-                    tiers[1].append(d)
-                else:
-                    tiers[0].append(d)
-        return [(tier, d) for tier in (2, 1, 0) for d in tiers[tier]]
+            return _Imported.of([d for t in targets for d in self._files[t].definitions]), imported_names(specs)
+        imp = self._imported.get(path)
+        if imp is None:
+            targets = self.resolve_imports(path)
+            imp = self._imported[path] = _Imported.of([d for t in targets for d in self._files[t].definitions])
+        return imp, entry.named
 
     def _similar(self, path: str, tokens: set[str], budget: int, max_count: int, taken: list[str]) -> list[Snippet]:
         if budget <= 0 or max_count <= 0:
