@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fimtune.languages import LANGUAGES, language_for_path
@@ -92,34 +92,29 @@ def _codellama(name: str, layout: tuple[str, ...], family: str, detected: bool =
     )
 
 
+_FIMTUNE = FimTemplate(
+    name="fimtune",
+    family="fimtune's own small models",
+    prefix="<|fim_prefix|>",
+    suffix="<|fim_suffix|>",
+    middle="<|fim_middle|>",
+    end="<|endoftext|>",
+    repo_name="<|repo_name|>",
+    repo_name_end="\n",
+    file_sep="<|file_sep|>",
+    pad="<|pad|>",
+)
+
 TEMPLATES: dict[str, FimTemplate] = {
     t.name: t
     for t in (
-        FimTemplate(
-            name="fimtune",
-            family="fimtune's own small models",
-            prefix="<|fim_prefix|>",
-            suffix="<|fim_suffix|>",
-            middle="<|fim_middle|>",
-            end="<|endoftext|>",
-            repo_name="<|repo_name|>",
-            repo_name_end="\n",
-            file_sep="<|file_sep|>",
-            pad="<|pad|>",
-        ),
-        FimTemplate(
+        _FIMTUNE,
+        replace(
+            _FIMTUNE,
             name="fimtune-spm",
             family="fimtune's own small models, suffix first (pretraining's SPM order)",
-            prefix="<|fim_prefix|>",
-            suffix="<|fim_suffix|>",
-            middle="<|fim_middle|>",
-            end="<|endoftext|>",
             layout=SPM,
             detected=False,
-            repo_name="<|repo_name|>",
-            repo_name_end="\n",
-            file_sep="<|file_sep|>",
-            pad="<|pad|>",
         ),
         FimTemplate(
             name="starcoder",
