@@ -536,7 +536,7 @@ def render(
     req = FimRequest.from_example(request) if isinstance(request, FimExample) else request
     lead = lead_of(req.prefix)
     if lead:
-        req = FimRequest(req.repo, req.path, req.language, req.prefix[: -len(lead)], req.suffix, req.context)
+        req = replace(req, prefix=req.prefix[: -len(lead)])
         middle = None if middle is None else lead + middle
     b = budgets or Budgets()
     counter, exact = _counter(tokenizer)
