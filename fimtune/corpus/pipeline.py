@@ -2,8 +2,9 @@
 
     walk (main) -> read, filter, redact secrets, sign, parse once, cut middles, index entries (workers, one pass
       per file) -> in (repo, path) order as the files come in: dedup, split, write (main; shards on threads)
-    with cross-file context, the write waits instead for: repo index (main) -> context per middle (workers, in
-      the same order, each file written once it has its contexts)
+    with cross-file context, each kept file goes into its repository's index as it comes in (main), and the
+      write waits for: context per middle (workers, in the same order, each file written once it has its
+      contexts)
 
 Work is per file, spread over processes; files are taken in (repo, path) order, their results put back in
 that order before dedup, and every random choice is seeded from (seed, repo, path), so the output does not
@@ -11,7 +12,7 @@ depend on the number of workers. A file's text crosses between processes once (w
 context, a file's rows are written as soon as every file before it has come in, so the Parquet writer
 (threads of the main process: pyarrow's writer runs without the GIL) works alongside the workers and a kept
 file's text is let go once written. With context, every kept file is held until the repository index is
-built; context workers read them from memory they share with the main process (workers.forked_map), and the
+complete; context workers read them from memory they share with the main process (workers.forked_map), and the
 write runs alongside them.
 """
 
@@ -29,7 +30,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +41,9 @@ from fimtune.corpus import dedup, filters, secrets, spans, split, walk, write
 from fimtune.corpus import workers as workers_
 from fimtune.languages import parse
 from fimtune.records import Snippet, SourceFile, Span
+
+if TYPE_CHECKING:
+    from fimtune.context import RepoIndex
 
 log = logging.getLogger(__name__)
 
@@ -168,23 +172,27 @@ def _examples(r: FileResult, contexts: Sequence[tuple[Snippet, ...]] = ()) -> wr
 
 
 def _contexts(
-    kept: list[FileResult], repos: list[Repo], cfg: CorpusConfig, workers: int, progress: bool
+    kept: list[FileResult], indexes: dict[str, RepoIndex], workers: int, progress: bool
 ) -> Iterator[tuple[int, list[tuple[Snippet, ...]]]]:
     """(index in kept, the context of each of its middles) for every kept file with middles, in kept order, each
-    as soon as the files before it are done: made with the retriever the server uses, on the workers."""
-    from fimtune import context
-
+    as soon as the files before it are done: made with the retriever the server uses, on the workers, from the
+    repository indexes the main process filled while the files came in."""
     _STATE["kept"] = kept
-    by_repo: dict[str, list[context.FileIndex]] = {repo.name: [] for repo in repos}
-    for r in kept:  # one pass: a build of many one-file repositories stays linear
-        if r.file_index is not None:
-            by_repo[r.repo].append(r.file_index)
-    _STATE["indexes"] = {name: context.RepoIndex.build(files, cfg.context) for name, files in by_repo.items()}
+    _STATE["indexes"] = indexes
     with_spans = [i for i, r in enumerate(kept) if r.spans]
     sizes = [kept[i].size for i in with_spans]
     with closing(_run(_context_one, with_spans, workers, "context", sizes, progress)) as done:
         for k, ctx in enumerate(done):
             yield with_spans[k], ctx
+
+
+def _repo_indexes(cfg: CorpusConfig, repos: list[Repo]) -> dict[str, RepoIndex]:
+    """An empty repository index per repository when context is on (none otherwise)."""
+    if not cfg.context.enabled:
+        return {}
+    from fimtune.context import RepoIndex
+
+    return {repo.name: RepoIndex(cfg.context) for repo in repos}
 
 
 def _run(
@@ -436,6 +444,7 @@ def _build(
     test_repos = split.pick_test_repos([r.name for r in repos], cfg.test_fraction, cfg.seed)
     sides: dict[tuple[str, str], str] = {}
     kept: list[FileResult] = []  # with context only: the kept files wait for the repository index
+    indexes = _repo_indexes(cfg, repos)
     sizes = [j[2].size for j in jobs]
     with ExitStack() as stack:
         writers = {
@@ -456,6 +465,11 @@ def _build(
             side = sides[res.repo, res.path] = _side(res, cfg, dedupe, sides, test_repos if mode == "repo" else None)
             tally.kept(res)
             if cfg.context.enabled:
+                # Indexed as it comes in (in kept order, as a build from the whole list would), while the
+                # workers go on with the next files; the store holds what retrieval needs from it.
+                if res.file_index is not None:
+                    indexes[res.repo].update(res.file_index)
+                    res.file_index = None
                 kept.append(res)
             else:
                 writers[side].add(_examples(res))
@@ -463,7 +477,7 @@ def _build(
 
         # 4. Cross-file context with the same retriever the server uses, each file written once it has its own.
         if cfg.context.enabled:
-            for i, contexts in _contexts(kept, repos, cfg, workers, progress):
+            for i, contexts in _contexts(kept, indexes, workers, progress):
                 writers[sides[kept[i].repo, kept[i].path]].add(_examples(kept[i], contexts))
             timer.lap("context")
         shards = {name: writer.close() for name, writer in writers.items()}
