@@ -6,6 +6,7 @@ import itertools
 import math
 import pickle
 import random
+from collections import Counter
 from hashlib import blake2b
 
 import numpy as np
@@ -212,7 +213,21 @@ def test_file_index_is_picklable_and_windows_cover_the_file() -> None:
     assert pickle.loads(pickle.dumps(fi)) == fi
     assert [w.start_line for w in fi.windows] == [0, 10, 20, 30]
     assert fi.windows[-1].text.endswith("line_44 = 44")
-    assert fi.windows[0].tokens[:2] == ("line_0",) * 1 + ("line_1",)
+    assert tokenize(fi.windows[0].text)[:2] == ["line_0", "line_1"]
+    assert [posted_counts(fi, k) for k in range(len(fi.windows))] == [Counter(tokenize(w.text)) for w in fi.windows]
+
+
+def posted_counts(fi: FileIndex, k: int) -> Counter[str]:
+    """How often each token occurs in window k, read back from the file's postings."""
+    p = fi.postings
+    return Counter(
+        {
+            term: p.counts[i]
+            for t, term in enumerate(p.terms)
+            for i in range(p.starts[t], p.starts[t + 1])
+            if p.windows[i] == k
+        }
+    )
 
 
 @pytest.mark.parametrize(("lines", "stride"), [(20, 10), (7, 3), (6, 4), (5, 10), (1, 1), (3, 3)])
@@ -220,11 +235,13 @@ def test_window_tokens_are_the_tokens_of_its_lines(lines: int, stride: int) -> N
     """Overlapping windows share tokenized blocks of lines: each window's tokens are still exactly its lines'."""
     cfg = ContextConfig(window_lines=lines, window_stride=stride)
     text = "".join(f"v{i} = f{i}(x)  \n" if i % 4 else "\n" for i in range(53)) + "tail_no_newline"
-    windows = index_file(src("w.py", text), cfg).windows
+    fi = index_file(src("w.py", text), cfg)
+    windows = fi.windows
     source_lines = text.split("\n")
     assert windows[0].start_line == 1  # line 0 is blank
-    for w in windows:
-        assert w.tokens == tuple(tokenize(w.text))
+    for k, w in enumerate(windows):
+        assert w.length == len(tokenize(w.text)) > 0
+        assert posted_counts(fi, k) == Counter(tokenize(w.text))
         span = source_lines[w.start_line : w.start_line + w.text.count("\n") + 1]
         assert w.text == "\n".join(line.rstrip() for line in span)
         assert len(span) <= lines
@@ -485,7 +502,8 @@ def bm25_reference(files: dict[str, str], tokens: set[str], cfg: ContextConfig) 
     """Okapi BM25 of every window for the query tokens, written out from the definition, over the rarest tokens
     whose postings fit in cfg.max_postings (always at least one)."""
     windows = [(p, w) for p, t in files.items() for w in index_file(src(p, t), cfg).windows]
-    df = {t: sum(t in w.tokens for _, w in windows) for t in tokens}
+    words = {(p, w.start_line): tokenize(w.text) for p, w in windows}
+    df = {t: sum(t in words[p, w.start_line] for p, w in windows) for t in tokens}
     present = sorted((d, t) for t, d in df.items() if d)
     counted: list[str] = []
     total = 0
@@ -497,9 +515,10 @@ def bm25_reference(files: dict[str, str], tokens: set[str], cfg: ContextConfig) 
     n, k1, b, pivot = len(windows), 1.2, 0.75, cfg.window_lines * 4.0
     scores = {}
     for path, w in windows:
-        norm = k1 * (1 - b + b * len(w.tokens) / pivot)
+        ws = words[path, w.start_line]
+        norm = k1 * (1 - b + b * len(ws) / pivot)
         scores[(path, w.start_line)] = sum(
-            math.log1p((n - df[t] + 0.5) / (df[t] + 0.5)) * w.tokens.count(t) * (k1 + 1) / (w.tokens.count(t) + norm)
+            math.log1p((n - df[t] + 0.5) / (df[t] + 0.5)) * ws.count(t) * (k1 + 1) / (ws.count(t) + norm)
             for t in counted
         )
     return scores

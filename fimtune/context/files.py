@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import textwrap
+from array import array
 from dataclasses import dataclass, field
-from itertools import chain
 
+import numpy as np
 import tree_sitter as ts
 
 from fimtune.config import ContextConfig
@@ -40,11 +40,28 @@ class Definition:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A short run of lines for lexical retrieval; `tokens` are its identifiers and keywords in order."""
+    """A short run of lines for lexical retrieval, holding `length` identifier and keyword tokens (those of
+    `tokenize(text)`: its lines are the file's with trailing blanks and blank edge lines dropped)."""
 
     start_line: int
     text: str
-    tokens: tuple[str, ...]
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilePostings:
+    """A file's windows inverted: for each distinct token (`terms`, in order of first occurrence), the windows
+    holding it (positions in FileIndex.windows, ascending) and how often each holds it. Term k's entries are
+    windows[starts[k]:starts[k + 1]] and counts[starts[k]:starts[k + 1]]. Made in the worker that indexes the
+    file, so the repository index adds a file with one step per distinct token, not one per window and token."""
+
+    terms: tuple[str, ...]
+    starts: array[int]  # int32, len(terms) + 1
+    windows: array[int]  # int32
+    counts: array[int]  # int32
+
+    def __len__(self) -> int:
+        return len(self.windows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,7 @@ class FileIndex:
     definitions: tuple[Definition, ...]
     imports: tuple[str, ...]  # raw import specifiers as written ("..utils", "./foo", "crate::x::y", "a/b.h")
     windows: tuple[Window, ...]
+    postings: FilePostings
 
 
 def tokenize(text: str) -> list[str]:
@@ -288,38 +306,76 @@ def _imports(lang: str, found_matches: _Matches) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _windows(text: str, cfg: ContextConfig) -> tuple[Window, ...]:
+def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePostings]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     size, stride = max(1, cfg.window_lines), max(1, cfg.window_stride)
+    ids: dict[str, int] = {}  # the file's distinct tokens, numbered in order of first occurrence
+    flat: list[int] = []  # the token numbers of every tokenized run of lines, one run after the other
 
-    def tokens_of(a: int, b: int) -> tuple[str, ...]:  # shared (interned) strings: smaller in memory and pickles
-        return tuple(map(sys.intern, tokenize("\n".join(lines[a:b]))))
+    def tokenize_lines(a: int, b: int) -> int:
+        """Tokenize lines a..b onto `flat`; where the run ends in it."""
+        flat.extend([ids.setdefault(t, len(ids)) for t in tokenize("\n".join(lines[a:b]))])
+        return len(flat)
 
     # Overlapping windows: tokenize blocks of `step` lines once each. A window is a whole number of blocks, and
-    # no token spans a newline, so its tokens are its blocks' tokens in order.
+    # no token spans a newline, so its tokens are a run of `flat` from its first block's start to its last's end.
     step = math.gcd(size, stride) if stride < size else 0
-    blocks = [tokens_of(i, i + step) for i in range(0, len(lines), step)] if step else []
+    block_end = [0] + [tokenize_lines(i, i + step) for i in range(0, len(lines), step)] if step else []
     out: list[Window] = []
+    begins: list[int] = []
     start = 0
     while start < len(lines):
         if step:
-            tokens = tuple(chain.from_iterable(blocks[start // step : (start + size) // step]))
+            first_block, end_block = start // step, min((start + size) // step, len(block_end) - 1)
+            begin, end = block_end[first_block], block_end[end_block]
         else:
-            tokens = tokens_of(start, start + size)
-        if tokens:
+            begin = len(flat)
+            end = tokenize_lines(start, start + size)
+        if end > begin:
             chunk = lines[start : start + size]
             first, last = 0, len(chunk)
             while first < last and not chunk[first].strip():
                 first += 1
             while last > first and not chunk[last - 1].strip():
                 last -= 1
-            out.append(Window(start + first, "\n".join(line.rstrip() for line in chunk[first:last]), tokens))
+            out.append(Window(start + first, "\n".join(line.rstrip() for line in chunk[first:last]), end - begin))
+            begins.append(begin)
         if start + size >= len(lines):
             break
         start += stride
-    return tuple(out)
+    return tuple(out), _invert(tuple(ids), flat, begins, [w.length for w in out])
+
+
+def _invert(terms: tuple[str, ...], flat: list[int], begins: list[int], lengths: list[int]) -> FilePostings:
+    """(term, window) pairs with their counts, sorted by term then window, from each window's run of `flat`."""
+    if not lengths:
+        return FilePostings((), array("i", [0]), array("i"), array("i"))
+    n_windows = len(lengths)
+    runs = np.asarray(lengths, dtype=np.int64)
+    total = int(runs.sum())
+    window = np.repeat(np.arange(n_windows, dtype=np.int64), runs)
+    # Position in `flat` of each entry: its window's begin plus its place within the window's run.
+    pos = np.arange(total, dtype=np.int64) + np.repeat(
+        np.asarray(begins, dtype=np.int64) - (np.cumsum(runs) - runs), runs
+    )
+    pairs, counts = np.unique(np.asarray(flat, dtype=np.int64)[pos] * n_windows + window, return_counts=True)
+    term = pairs // n_windows
+    starts = np.zeros(len(terms) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(term, minlength=len(terms)), out=starts[1:])
+    return FilePostings(
+        terms,
+        _int32(starts),
+        _int32(pairs % n_windows),
+        _int32(counts),
+    )
+
+
+def _int32(values: np.ndarray) -> array[int]:
+    out = array("i")
+    out.frombytes(values.astype(np.int32).tobytes())
+    return out
 
 
 def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = None) -> FileIndex:
@@ -334,7 +390,8 @@ def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = No
         found = matches(source.language, "tags", root)
         definitions = _definitions(source, found, cfg)
         imports = _imports(source.language, found)
-    return FileIndex(source.path, source.language, definitions, imports, _windows(source.text, cfg))
+    windows, postings = _windows(source.text, cfg)
+    return FileIndex(source.path, source.language, definitions, imports, windows, postings)
 
 
 def imports_of(language: str, text: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -27,6 +28,7 @@ class _Entry:
     definitions: tuple[Definition, ...]
     imports: tuple[str, ...]
     wids: list[int]
+    tids: array[int]  # the tokens its windows hold (what dropping them touches)
     named: frozenset[str]  # the last name of each import specifier (imported by name: "x" of "a.b.x")
 
 
@@ -163,8 +165,8 @@ class RepoIndex:
         else:
             self._paths.add(fi.path)
             self._resolved.clear()  # a new path can change how other files' imports resolve
-        wids = self.store.add(fi.path, fi.windows)
-        self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids, imported_names(fi.imports))
+        wids, tids = self.store.add(fi.path, fi.windows, fi.postings)
+        self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids, tids, imported_names(fi.imports))
 
     def remove(self, path: str) -> None:
         """Forget a file (no-op when it is not indexed)."""
@@ -178,8 +180,8 @@ class RepoIndex:
 
     def _drop(self, path: str) -> None:
         entry = self._files[path]
-        self.store.drop(entry.wids)
-        entry.wids = []
+        self.store.drop(entry.wids, entry.tids)
+        entry.wids, entry.tids = [], array("i")
 
     # ---- imports -------------------------------------------------------------------------------------------
 

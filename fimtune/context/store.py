@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 from array import array
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from fimtune.context.files import Window
+from fimtune.context.files import FilePostings, Window
 
 _BM25_K1 = 1.2
 _BM25_B = 0.75
@@ -67,7 +66,6 @@ class WindowStore:
         self._win_path: list[str] = []
         self._win_line: list[int] = []
         self._win_text: list[str] = []
-        self._win_tids: list[array[int]] = []
         self._win_key = array("q")  # tie order among equal scores: a hash of (path, line)
         self._free: list[int] = []
         self._n_windows = 0
@@ -88,51 +86,53 @@ class WindowStore:
 
     # ---- updates -------------------------------------------------------------------------------------------
 
-    def add(self, path: str, windows: Iterable[Window]) -> list[int]:
-        """Store a file's windows; their ids."""
-        wids: list[int] = []
+    def add(self, path: str, windows: Sequence[Window], postings: FilePostings) -> tuple[list[int], array[int]]:
+        """Store a file's windows (`postings`: the file's windows inverted, as index_file makes it); their ids
+        and the ids of the tokens they hold (what `drop` needs)."""
         key = path_hash(path)
-        for window in windows:
-            wid = self._alloc()
-            counts = Counter(window.tokens)
-            norm = _BM25_K1 * (1.0 - _BM25_B + _BM25_B * len(window.tokens) / self._pivot)
-            tids = array("i")
-            for token in sorted(counts):
-                tid = self._vocab.get(token)
-                if tid is None:
-                    tid = self._vocab[token] = self._alloc_token(token)
-                self._post_w[tid].append(wid)
-                tf = counts[token]
-                self._post_v[tid].append(tf * (_BM25_K1 + 1.0) / (tf + norm))
-                tids.append(tid)
+        wids = [self._alloc() for _ in windows]
+        for wid, window in zip(wids, windows, strict=True):
             self._win_path[wid] = path
             self._win_line[wid] = window.start_line
             self._win_text[wid] = window.text
-            self._win_tids[wid] = tids
             self._win_key[wid] = tie_key(key, window.start_line)
-            self._n_windows += 1
-            wids.append(wid)
-        return wids
+        self._n_windows += len(wids)
+        tids = array("i")
+        if not wids:
+            return wids, tids
+        local = np.frombuffer(postings.windows, dtype=np.int32)
+        tf = np.frombuffer(postings.counts, dtype=np.int32).astype(np.float64)
+        length = np.asarray([w.length for w in windows], dtype=np.float64)
+        # Okapi BM25's term weight, the operations in the order (and precision) of the formula written out.
+        norm = _BM25_K1 * (1.0 - _BM25_B + _BM25_B * length / self._pivot)
+        weight, wid = array("f"), array("i")
+        weight.frombytes((tf * (_BM25_K1 + 1.0) / (tf + norm[local])).astype(np.float32).tobytes())
+        wid.frombytes(np.asarray(wids, dtype=np.int32)[local].tobytes())
+        starts, vocab, post_w, post_v = postings.starts, self._vocab, self._post_w, self._post_v
+        for k, token in enumerate(postings.terms):
+            begin, end = starts[k], starts[k + 1]
+            if begin == end:
+                continue
+            tid = vocab.get(token)
+            if tid is None:
+                tid = vocab[token] = self._alloc_token(token)
+            post_w[tid] += wid[begin:end]
+            post_v[tid] += weight[begin:end]
+            tids.append(tid)
+        return wids, tids
 
-    def drop(self, wids: Iterable[int]) -> None:
-        """Remove windows from the postings of their own tokens (nothing else is touched)."""
-        by_token: dict[int, list[int]] = {}
-        for wid in wids:
-            for tid in self._win_tids[wid]:
-                by_token.setdefault(tid, []).append(wid)
+    def drop(self, wids: Iterable[int], tids: Iterable[int]) -> None:
+        """Remove a file's windows (`wids`, with `tids` the ids of the tokens they hold, as `add` gave them) from
+        those tokens' postings; nothing else is touched."""
+        gone = np.asarray(sorted(wids), dtype=np.int32)
+        for wid in gone.tolist():
             self._n_windows -= 1
             self._win_path[wid] = ""
             self._win_text[wid] = ""
-            self._win_tids[wid] = array("i")
             heapq.heappush(self._free, wid)
-        for tid, gone in by_token.items():
+        for tid in tids:
             w = np.frombuffer(self._post_w[tid], dtype=np.int32)
-            if len(gone) <= 4:
-                keep = w != gone[0]
-                for g in gone[1:]:
-                    keep &= w != g
-            else:
-                keep = ~np.isin(w, np.asarray(gone, dtype=np.int32))
+            keep = ~np.isin(w, gone, assume_unique=True)
             v = np.frombuffer(self._post_v[tid], dtype=np.float32)
             new_w, new_v = array("i"), array("f")
             new_w.frombytes(w[keep].tobytes())
@@ -151,7 +151,6 @@ class WindowStore:
         self._win_path.append("")
         self._win_line.append(0)
         self._win_text.append("")
-        self._win_tids.append(array("i"))
         self._win_key.append(0)
         return wid
 
