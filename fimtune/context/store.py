@@ -105,9 +105,9 @@ class WindowStore:
         length = np.asarray([w.length for w in windows], dtype=np.float64)
         # Okapi BM25's term weight, the operations in the order (and precision) of the formula written out.
         norm = _BM25_K1 * (1.0 - _BM25_B + _BM25_B * length / self._pivot)
-        weight, wid = array("f"), array("i")
+        weight, window_id = array("f"), array("i")
         weight.frombytes((tf * (_BM25_K1 + 1.0) / (tf + norm[local])).astype(np.float32).tobytes())
-        wid.frombytes(np.asarray(wids, dtype=np.int32)[local].tobytes())
+        window_id.frombytes(np.asarray(wids, dtype=np.int32)[local].tobytes())
         starts, vocab, post_w, post_v = postings.starts, self._vocab, self._post_w, self._post_v
         for k, token in enumerate(postings.terms):
             begin, end = starts[k], starts[k + 1]
@@ -116,7 +116,7 @@ class WindowStore:
             tid = vocab.get(token)
             if tid is None:
                 tid = vocab[token] = self._alloc_token(token)
-            post_w[tid] += wid[begin:end]
+            post_w[tid] += window_id[begin:end]
             post_v[tid] += weight[begin:end]
             tids.append(tid)
         return wids, tids
