@@ -173,14 +173,10 @@ class WindowStore:
         if n == 0:
             return None
         vocab, post_w = self._vocab, self._post_w
-        terms = []
-        for token in tokens:
-            tid = vocab.get(token)
-            if tid is not None and len(post_w[tid]):
-                terms.append((len(post_w[tid]), token, tid))
+        # A token in the vocabulary has postings (drop forgets the ones that have none left).
+        terms = sorted([(len(post_w[tid]), token, tid) for token in tokens if (tid := vocab.get(token)) is not None])
         if not terms:
             return None
-        terms.sort()
         chosen: list[int] = []
         dfs: list[int] = []
         total = 0
@@ -209,8 +205,14 @@ class WindowStore:
             return None
         w, v = got
         if self._sparse(w):
-            ids, where = np.unique(w, return_inverse=True)
-            return ids, np.bincount(where, weights=v, minlength=len(ids))
+            # The distinct windows: a stable sort (each token's postings are runs already in order, which it
+            # merges) and its changes; each posting's place among them by bisection. About half np.unique's time.
+            ordered = np.sort(w, kind="stable")
+            first = np.empty(len(ordered), dtype=bool)
+            first[0] = True
+            np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+            ids = ordered[first]
+            return ids, np.bincount(np.searchsorted(ids, w), weights=v, minlength=len(ids))
         dense = np.bincount(w, weights=v, minlength=len(self._win_path))
         hit = np.flatnonzero(dense > 0.0)  # every score of a posting is positive (idf > 0)
         return hit, dense[hit]
