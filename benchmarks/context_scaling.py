@@ -7,7 +7,9 @@ on, in one run, and the table gives the stage seconds side by side with their ra
     python benchmarks/context_scaling.py
     python benchmarks/context_scaling.py --sizes 2000,10000 --out benchmarks/results/context_scaling.md
 
-Target: the context stage at 50,000 files takes at most 6x its time at 10,000 (5x the files).
+Target: the context stage at 50,000 files takes at most 6x its time at 10,000 (5x the files). The repository
+index is filled while the files come in, so its cost is in the "files" stage: the whole build's ratio is held
+to the same bound.
 """
 
 from __future__ import annotations
@@ -102,14 +104,15 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
         f"{args.workers} workers",
         "",
-        "| files | MB | examples | build s | context stage s | files ratio | context ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| files | MB | examples | build s | context stage s | files ratio | build ratio | context ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ctx = r["stages"].get("context", 0.0)
         lines.append(
             f"| {r['files']} | {r['mb']:.1f} | {r['examples']} | {r['seconds']:.1f} | {ctx:.2f} | "
-            f"{r['files'] / base['files']:.1f} | {ctx / max(base['stages'].get('context', 0.0), 1e-9):.2f} |"
+            f"{r['files'] / base['files']:.1f} | {r['seconds'] / base['seconds']:.2f} | "
+            f"{ctx / max(base['stages'].get('context', 0.0), 1e-9):.2f} |"
         )
     for r in rows:
         lines.append(
@@ -117,8 +120,10 @@ def main() -> None:
         )
     last = rows[-1]["stages"].get("context", 0.0) / max(base["stages"].get("context", 0.0), 1e-9)
     bound = 6.0 * rows[-1]["files"] / base["files"] / 5.0
+    whole = rows[-1]["seconds"] / base["seconds"]
     lines.append(
-        f"\ntarget: context stage ratio at most {bound:.1f}: {'met' if last <= bound else 'not met'} ({last:.2f})"
+        f"\ntarget: context stage ratio at most {bound:.1f}: {'met' if last <= bound else 'not met'} ({last:.2f}); "
+        f"whole build: {'met' if whole <= bound else 'not met'} ({whole:.2f})"
     )
     text = "\n".join(lines) + "\n"
     print(text)
