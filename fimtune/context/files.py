@@ -323,6 +323,7 @@ def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePos
     # no token spans a newline, so its tokens are a run of `flat` from its first block's start to its last's end.
     step = math.gcd(size, stride) if stride < size else 0
     block_end = [0] + [tokenize_lines(i, i + step) for i in range(0, len(lines), step)] if step else []
+    stripped = [line.rstrip() for line in lines]  # each line is in several windows: strip it once
     out: list[Window] = []
     begins: list[int] = []
     start = 0
@@ -334,13 +335,12 @@ def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePos
             begin = len(flat)
             end = tokenize_lines(start, start + size)
         if end > begin:
-            chunk = lines[start : start + size]
-            first, last = 0, len(chunk)
-            while first < last and not chunk[first].strip():
+            first, last = start, min(start + size, len(lines))
+            while first < last and not stripped[first]:
                 first += 1
-            while last > first and not chunk[last - 1].strip():
+            while last > first and not stripped[last - 1]:
                 last -= 1
-            out.append(Window(start + first, "\n".join(line.rstrip() for line in chunk[first:last]), end - begin))
+            out.append(Window(first, "\n".join(stripped[first:last]), end - begin))
             begins.append(begin)
         if start + size >= len(lines):
             break
