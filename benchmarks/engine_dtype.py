@@ -1,11 +1,14 @@
-"""The local engine in fp32 and in bf16, side by side: completion latency and the share of identical greedy output.
+"""The local engine in fp32 and in bf16, each with and without prompt lookup decoding, side by side: completion
+latency and the share of identical greedy output.
 
     python benchmarks/engine_dtype.py --base-model nano --examples 60 --threads 2
+    python benchmarks/engine_dtype.py --corpus runs/eval/heldout --prompt-lookup 0,3,6,10 --max-tokens 64
     python benchmarks/engine_dtype.py --base-model tiny --examples 20      # quick check of the script
 
-Both engines load the same base model (fp32 weights, and bf16 weights where torch reports bf16 matrix support) and
-complete the same rendered prompts from one corpus (the test split of a corpus built from this repository, or
-`--corpus`), greedily, with the template's stop rules, interleaved prompt by prompt so machine load hits both alike.
+Every engine loads the same base model (fp32 weights, and bf16 weights where torch reports bf16 matrix support) and
+completes the same rendered prompts from one corpus (the test split of a corpus built from this repository, or
+`--corpus`), greedily, with the template's stop rules, interleaved prompt by prompt so machine load hits all alike.
+Identical output is counted against the same dtype without prompt lookup, and against bf16 without it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ def main() -> int:
     p.add_argument("--examples", type=int, default=60)
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--prompt-lookup", default="0,6", help="comma-separated draft lengths of prompt lookup decoding (0: off)"
+    )
     args = p.parse_args()
+    lookups = sorted({int(x) for x in args.prompt_lookup.split(",")} | {0})
 
     import torch
 
@@ -52,40 +59,53 @@ def main() -> int:
             build_corpus(
                 CorpusConfig(repos=[str(ROOT)], out=str(corpus), workers=1, spans=SpanConfig(examples_per_kb=1.0))
             )
-        engines = {d: LocalEngine(EngineSettings(base_model=args.base_model, device="cpu", dtype=d)) for d in DTYPES}
-        spec = engines["fp32"].prompt_spec()
+        keys = [(d, n) for d in DTYPES for n in lookups]
+        engines = {
+            (d, n): LocalEngine(EngineSettings(base_model=args.base_model, device="cpu", dtype=d, prompt_lookup=n))
+            for d, n in keys
+        }
+        spec = engines[keys[0]].prompt_spec()
         examples = pick(open_corpus(corpus).examples("test"), args.examples, 0)
         requests = [spec.request(ex, args.max_tokens) for ex in examples]
         for engine in engines.values():  # warm-up
             engine.complete(requests[0], threading.Event())
-        seconds: dict[str, list[float]] = {d: [] for d in DTYPES}
-        texts: dict[str, list[str]] = {d: [] for d in DTYPES}
-        tokens = dict.fromkeys(DTYPES, 0)
+        seconds: dict[tuple[str, int], list[float]] = {k: [] for k in keys}
+        texts: dict[tuple[str, int], list[str]] = {k: [] for k in keys}
+        tokens = dict.fromkeys(keys, 0)
         for request in requests:
-            for dtype, engine in engines.items():
+            for key, engine in engines.items():
                 t = time.perf_counter()
                 c = engine.complete(request, threading.Event())
-                seconds[dtype].append(time.perf_counter() - t)
-                texts[dtype].append(c.text)
-                tokens[dtype] += c.completion_tokens or 0
+                seconds[key].append(time.perf_counter() - t)
+                texts[key].append(c.text)
+                tokens[key] += c.completion_tokens or 0
 
-    same = sum(a == b for a, b in zip(texts["fp32"], texts["bf16"], strict=True))
+    def same(a: tuple[str, int], b: tuple[str, int]) -> int:
+        return sum(x == y for x, y in zip(texts[a], texts[b], strict=True))
+
     print(f"Machine: {platform.machine()} CPU, {args.threads} torch threads; torch {torch.__version__}")
     print(
         f"Model: {args.base_model}; {len(requests)} prompts (up to {spec.budgets.max_tokens} tokens), greedy, "
         f"at most {args.max_tokens} new tokens, template stop rules\n"
     )
-    print("| engine dtype | p50 ms | p95 ms | mean ms | tokens | ms/token |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for dtype in DTYPES:
-        s = sorted(seconds[dtype])
+    print(
+        "| engine dtype | prompt lookup | p50 ms | p95 ms | mean ms | tokens | ms/token | same as without lookup "
+        "| same as bf16 without lookup |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key in keys:
+        s = sorted(seconds[key])
         p95 = s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
         print(
-            f"| {dtype} | {1000 * statistics.median(s):.1f} | {1000 * p95:.1f} | {1000 * statistics.mean(s):.1f} | "
-            f"{tokens[dtype]} | {1000 * sum(s) / max(tokens[dtype], 1):.2f} |"
+            f"| {key[0]} | {key[1] or 'off'} | {1000 * statistics.median(s):.1f} | {1000 * p95:.1f} | "
+            f"{1000 * statistics.mean(s):.1f} | {tokens[key]} | {1000 * sum(s) / max(tokens[key], 1):.2f} | "
+            f"{same(key, (key[0], 0))} of {len(requests)} | {same(key, ('bf16', 0))} of {len(requests)} |"
         )
-    ratio = statistics.median(seconds["fp32"]) / statistics.median(seconds["bf16"])
-    print(f"\nbf16 vs fp32: median latency speedup {ratio:.2f}x; identical greedy output {same} of {len(requests)}")
+    base = statistics.median(seconds["bf16", 0])
+    print(
+        "\nmedian latency against bf16 without lookup: "
+        + ", ".join(f"{d} {n or 'off'} {base / statistics.median(seconds[d, n]):.2f}x" for d, n in keys)
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fimtune.config import bad_value, rule_of, setting
-from fimtune.engines.base import ENGINES, EngineSettings
+from fimtune.engines.base import ENGINES, PROMPT_LOOKUP, EngineSettings
 from fimtune.fim_format import TEMPLATES
 from fimtune.models import DEVICE_RULE, DTYPES, default_base_model
 
@@ -71,6 +71,15 @@ class Settings:
     dtype: str = setting(
         "auto", help="local engine: auto is bf16 where the device has bf16 matrix support", flag=True, choices=DTYPES
     )
+    prompt_lookup: int = setting(
+        PROMPT_LOOKUP,
+        help="local engine: draft up to N tokens from the prompt's own text and check them in one pass (prompt "
+        "lookup decoding)",
+        flag=True,
+        zero="off",
+        at_least=0,
+        at_most=64,
+    )
     max_tokens: int = setting(64, help="tokens per completion", flag=True, at_least=1, at_most=4096)
     debounce_ms: int = setting(75, help="wait this long after the last keystroke", at_least=0, at_most=5000)
     timeout_ms: int = setting(
@@ -99,6 +108,7 @@ class Settings:
             base_model=base,
             device=self.device,
             dtype=self.dtype,
+            prompt_lookup=self.prompt_lookup,
             fixed_text=self.fixed.text,
             fixed_delay_s=self.fixed.delay_ms / 1000.0,
             fixed_error=self.fixed.error,

@@ -237,3 +237,27 @@ def test_device_choice() -> None:
     assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else pick_device("auto"))
     with pytest.raises(EngineError, match="unknown device 'tpu'"):
         pick_device("tpu")
+
+
+def test_prompt_lookup_keeps_the_greedy_text_in_fewer_forward_passes(fimtune_cache: Path) -> None:
+    """Prompt lookup decoding drafts the next tokens from text already in the prompt and keeps what the model
+    agrees with: in fp32 each completion is the plain greedy one, and text that repeats costs fewer passes."""
+    repeated = FimRequest(
+        "r",
+        "m.py",
+        "python",
+        "def report(orders, rate):\n    total = compute_total(orders, rate)\n\n\n"
+        "def again(orders, rate):\n    total = ",
+        "\n    return total\n",
+    )
+    results = {}
+    for lookup in (0, 6):
+        engine = LocalEngine(EngineSettings(base_model="tiny", device="cpu", dtype="fp32", prompt_lookup=lookup))
+        passes: list[int] = []
+        engine.model.model.register_forward_hook(lambda *_, seen=passes: seen.append(1))
+        done = [engine.complete(request(engine, fim, max_tokens=24)) for fim in (FIM, repeated)]
+        results[lookup] = ([c.text for c in done], sum(c.completion_tokens or 0 for c in done), len(passes))
+    (plain_texts, plain_tokens, plain_passes), (texts, tokens, passes_) = results[0], results[6]
+    assert texts == plain_texts and tokens == plain_tokens > 0
+    assert plain_passes == plain_tokens  # one pass per token (the prompt's pass makes the first)
+    assert passes_ < plain_passes

@@ -26,6 +26,15 @@ class EngineError(Exception):
     """An engine could not complete: names the engine, the endpoint or model, and what failed."""
 
 
+# Prompt lookup decoding (transformers' assisted generation without a draft model): the local engine drafts up to
+# this many next tokens by finding the last generated tokens earlier in the prompt and copying what followed them,
+# then checks the whole draft in one forward pass and keeps the part the model agrees with. Code completion copies
+# from its prefix and context a lot, and on a CPU a small model's forward pass costs about the same for one token
+# as for seven, so each pass yields several tokens. In fp32 the output is the plain greedy one; under bf16 a
+# near-tie can go the other way, as between fp32 and bf16 themselves (benchmarks/engine_dtype.py measures both).
+PROMPT_LOOKUP = 6
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """What an engine produced, before stop rules."""
@@ -63,6 +72,7 @@ class EngineSettings:
     base_model: str = ""  # local: a model folder, hub id or preset (`tiny`); from the run's fimtune.json if empty
     device: str = "auto"  # local: auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # local: auto (bf16 where torch reports bf16 matrix support on the device) | fp32 | bf16
+    prompt_lookup: int = PROMPT_LOOKUP  # local: see PROMPT_LOOKUP; 0 turns it off
     fixed_text: str = ""  # fixed: the completion it returns (a deterministic engine for tests and wiring checks)
     fixed_delay_s: float = 0.0  # fixed: how long each call takes (cancellable)
     fixed_error: str = ""  # fixed: raise EngineError with this message instead of answering

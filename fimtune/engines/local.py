@@ -233,6 +233,7 @@ class LocalEngine:
                 top_k=None,
                 eos_token_id=end_ids,
                 pad_token_id=self._pad_id,
+                prompt_lookup_num_tokens=self.settings.prompt_lookup or None,
             )
             inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
             try:

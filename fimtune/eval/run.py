@@ -17,7 +17,16 @@ from typing import Any
 from fimtune import __version__
 from fimtune.config import ConfigError, check, setting
 from fimtune.corpus.read import CorpusReadError, open_corpus
-from fimtune.engines.base import ENGINES, Completion, Engine, EngineError, EngineRequest, EngineSettings, make_engine
+from fimtune.engines.base import (
+    ENGINES,
+    PROMPT_LOOKUP,
+    Completion,
+    Engine,
+    EngineError,
+    EngineRequest,
+    EngineSettings,
+    make_engine,
+)
 from fimtune.eval.metrics import METRICS, aggregate, paired_bootstrap, score_example
 from fimtune.eval.report import MAIN_METRICS, report_paths, write_report
 from fimtune.fim_format import TEMPLATES, FimFormatError
@@ -84,6 +93,15 @@ class EvalConfig:
         help="local engine: auto (default) is bf16 where torch reports bf16 matrix support on the device, else fp32",
         flag=True,
         choices=DTYPES,
+    )
+    prompt_lookup: int = setting(
+        PROMPT_LOOKUP,
+        help="local engine: draft up to N tokens from the prompt's own text and check them in one pass (prompt "
+        "lookup decoding; `fimtune serve` uses the same default)",
+        flag=True,
+        zero="off",
+        at_least=0,
+        at_most=64,
     )
     out: str = setting("report.json", help="report path; report.md and report.png go beside it", flag=True)
     fixed_text: str = setting(
@@ -187,6 +205,7 @@ def build_models(cfg: EvalConfig) -> tuple[list[Model], PromptSpec, dict[str, An
         base_model=cfg.base_model,
         device=cfg.device,
         dtype=cfg.dtype,
+        prompt_lookup=cfg.prompt_lookup,
         fixed_text=cfg.fixed_text,
     )
     info: dict[str, Any] = {"name": cfg.engine}
