@@ -495,3 +495,43 @@ def test_flash_attention_packs_padding_free(corpus: Path, tmp_path: Path) -> Non
     result = train(small(corpus, tmp_path / "run", max_steps=4, eval_steps=2))
     assert result.report["attention"] == "flash_attention_2"
     assert result.report["packing"].startswith("padding-free") and result.report["real_token_share"] == 1.0
+
+
+# --- the end token's weight ------------------------------------------------------------------------------------
+
+
+def test_end_weighted_loss_is_trl_token_mean_at_one_and_scales_only_the_end_token() -> None:
+    from types import SimpleNamespace
+
+    from fimtune.train.sft import end_weighted_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=gen)
+    end = 7
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, end, IGNORE_INDEX], [IGNORE_INDEX, 5, end, 2, 9, end]])
+    out = SimpleNamespace(logits=logits)
+    shifted, target = logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1)
+    plain = torch.nn.functional.cross_entropy(shifted, target, ignore_index=IGNORE_INDEX)  # mean over labelled
+    assert torch.allclose(end_weighted_loss(end, 1.0)(out, labels), plain)
+    each = torch.nn.functional.cross_entropy(shifted, target.clamp(min=0), reduction="none")
+    labelled = target != IGNORE_INDEX
+    is_end = target == end
+    expected = (each[labelled & ~is_end].sum() + 4.0 * each[is_end].sum()) / labelled.sum()
+    assert torch.allclose(end_weighted_loss(end, 4.0)(out, labels), expected)
+    # Normalised by the count the trainer gives across accumulated micro-batches, when it gives one.
+    assert torch.allclose(
+        end_weighted_loss(end, 4.0)(out, labels, num_items_in_batch=20), expected * labelled.sum() / 20
+    )
+
+
+def test_end_weight_reaches_the_trainer_and_is_recorded(corpus: Path, tmp_path: Path) -> None:
+    """Through the trainer (micro-batches, gradient accumulation, its normalisation): the weighted trainer at
+    weight 1 gives TRL's own first loss, and weight 5 a larger one on the same first batch."""
+    losses = {}
+    for label, weight in (("trl", 1.0), ("ours", 1.0 + 1e-9), ("five", 5.0)):
+        out = tmp_path / label
+        result = train(small(corpus, out, max_steps=1, eval_steps=1, end_weight=weight, grad_accum=2))
+        losses[label] = result.report["loss_curve"][0]["loss"]
+        assert json.loads((out / "fimtune.json").read_text())["train"]["end_weight"] == weight
+    assert losses["ours"] == pytest.approx(losses["trl"], rel=1e-3)
+    assert losses["five"] > losses["trl"] * 1.01  # its end tokens counted five times

@@ -59,6 +59,14 @@ class TrainConfig:
     max_steps: int = setting(0, help="optimizer steps", flag=True, zero="train for epochs instead", at_least=1)
     epochs: float = setting(1.0, help="passes over the training split", flag=True, above=0)
     lr: float = setting(2e-4, help="peak learning rate", flag=True, above=0)
+    end_weight: float = setting(
+        1.0,
+        help="loss weight of the end token that closes each middle, the decision to stop (an empty middle is that "
+        "token alone), against 1 for every other middle token",
+        flag=True,
+        above=0,
+        at_most=100,
+    )
     lr_scheduler: str = setting("cosine", help="transformers' learning-rate schedule name")
     warmup_ratio: float = setting(0.03, help="share of the steps spent warming up", at_least=0, below=1)
     weight_decay: float = setting(0.0, help="AdamW weight decay", at_least=0)

@@ -8,7 +8,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from fimtune import CORPUS_FORMAT_VERSION, __version__
 from fimtune.config import to_dict
-from fimtune.fim_format import FORMAT_VERSION, FimFormatError, FimTemplate
+from fimtune.fim_format import FORMAT_VERSION, IGNORE_INDEX, FimFormatError, FimTemplate
 from fimtune.models import (
     LoadedModel,
     ModelError,
@@ -214,7 +214,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
         log.warning("corpus %s has no test examples: no evaluation loss, the last checkpoint is kept", corpus.folder)
 
     # 4-5. Model (dtype, quantization, attention) and TRL's SFTTrainer, which adds LoRA.
-    setup = _trainer(cfg, out, base_path, tokenizer, train_cols, eval_cols if has_eval else None, callbacks)
+    end_id = tokenizer.convert_tokens_to_ids(template.end)
+    setup = _trainer(cfg, out, base_path, tokenizer, train_cols, eval_cols if has_eval else None, callbacks, end_id)
     trainer = setup.trainer
 
     # 6. Train.
@@ -299,6 +300,7 @@ def _trainer(
     train_cols: dict[str, list[Any]],
     eval_cols: dict[str, list[Any]] | None,
     callbacks: Sequence[TrainerCallback],
+    end_id: int,
 ) -> _Setup:
     """The base model loaded for training and TRL's SFTTrainer around it: packed (padding-free, position ids)
     or grouped by length, LoRA added, tokens metered, the run guarded against a non-finite loss."""
@@ -321,7 +323,7 @@ def _trainer(
     check_vocab_fits(loaded.model, tokenizer)
     ref: dict[str, Any] = {}
     guard = Guard(ref)
-    trainer = SFTTrainer(
+    common: dict[str, Any] = dict(
         model=loaded.model,
         args=args,
         train_dataset=to_dataset(train_cols),
@@ -330,10 +332,55 @@ def _trainer(
         peft_config=lora_config(cfg.lora),
         callbacks=[guard, *callbacks],
     )
+    if cfg.end_weight != 1.0:
+        trainer: SFTTrainer = EndWeightedSFTTrainer(end_loss=end_weighted_loss(end_id, cfg.end_weight), **common)
+    else:
+        trainer = SFTTrainer(**common)
     meter = TokenMeter(trainer.data_collator)
     trainer.data_collator = meter
     ref.update(trainer=trainer, meter=meter)
     return _Setup(trainer, guard, meter, loaded, args, compute, packed)
+
+
+def end_weighted_loss(end_id: int, weight: float) -> Callable[..., torch.Tensor]:
+    """Cross-entropy over the labelled tokens with the end token's weighted by `weight`, normalised like TRL's own
+    loss (by the number of labelled tokens), so that at weight 1 it is the same loss.
+
+    Why: with a token-mean loss, an example's decision to stop weighs one token against its middle's many, and an
+    empty middle is nothing but that decision; tuning on a repository then teaches a small model to go on writing
+    where the base would rightly stop. A weight above 1 gives stopping the share it has in what the editor shows.
+    This path builds the full logits (TRL's default fuses the head with the loss): memory grows with the vocabulary.
+    """
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs.logits[:, :-1].float()
+        target = labels[:, 1:].to(logits.device)
+        mask = target != IGNORE_INDEX
+        per_token = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+        ).view_as(target)
+        weights = torch.where(target == end_id, weight, 1.0) * mask
+        count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        return (per_token * weights).sum() / torch.as_tensor(count, device=logits.device).clamp(min=1)
+
+    return loss
+
+
+class EndWeightedSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with `end_loss` (end_weighted_loss) as its loss, in training and in evaluation.
+
+    One forward pass with the full logits; TRL's extra metrics (entropy, token accuracy) are not computed."""
+
+    def __init__(self, *args: Any, end_loss: Callable[..., torch.Tensor], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.end_loss = end_loss
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        loss = self.end_loss(outputs, inputs["labels"], num_items_in_batch=num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
 
 def _report(setup: _Setup, out: Path, runtime_s: float, started: float, render: dict[str, Any]) -> dict[str, Any]:
