@@ -74,7 +74,7 @@ class Settings:
     prompt_lookup: int = setting(
         PROMPT_LOOKUP,
         help="local engine: draft up to N tokens from the prompt's own text and check them in one pass (prompt "
-        "lookup decoding)",
+        "lookup decoding; 0: off)",
         flag=True,
         zero="off",
         at_least=0,

@@ -97,7 +97,7 @@ class EvalConfig:
     prompt_lookup: int = setting(
         PROMPT_LOOKUP,
         help="local engine: draft up to N tokens from the prompt's own text and check them in one pass (prompt "
-        "lookup decoding; `fimtune serve` uses the same default)",
+        "lookup decoding; 0: off; `fimtune serve` uses the same default)",
         flag=True,
         zero="off",
         at_least=0,
