@@ -38,6 +38,10 @@ def tie_key(path_hash: int, line: int) -> int:
     return key - (1 << 64) if key >= 1 << 63 else key
 
 
+# Up to this many scores one partition is cheaper than bounding them first (each halving pass reads them all).
+_PARTITION_DIRECT = 4096
+
+
 def kth_largest(values: np.ndarray, k: int) -> float:
     """The k-th largest of positive values (1 <= k <= len(values)).
 
@@ -45,6 +49,8 @@ def kth_largest(values: np.ndarray, k: int) -> float:
     common token gives, and introselect degrades on runs of equal values. The k-th largest is also the k-th
     largest of the values at or above any bound that keeps at least k of them, so the bound is halved from the
     maximum until it does, and only those are partitioned."""
+    if len(values) <= _PARTITION_DIRECT:
+        return float(np.partition(values, len(values) - k)[len(values) - k])
     bound = float(values.max())
     for _ in range(12):
         bound *= 0.5
