@@ -611,3 +611,14 @@ def test_tokens_no_window_holds_are_forgotten() -> None:
     index.update(index_file(src("app/typing.py", "def typed_199(value_199):\n    return value_199\n"), CFG))
     query = ("new.py", "python", "def g(x):\n    return typed_199(")
     assert index.retrieve(*query) == rebuilt.retrieve(*query) == before  # ids reused: same snippets
+
+
+@pytest.mark.parametrize("n", [50, 4096, 4097, 30_000])
+def test_kth_largest_is_the_kth_of_the_sorted_scores(n: int) -> None:
+    """Both ways (one partition, and bounded by halving from the maximum above 4,096 scores), with the ties of
+    look-alike windows and one far higher score."""
+    rng = np.random.default_rng(n)
+    values = np.concatenate([rng.choice([0.5, 0.7, 1.1], n - 1), [40.0]]) * rng.choice([1.0, 1.0001], n)
+    ordered = np.sort(values)[::-1]
+    for k in sorted({1, 2, 7, min(96, n), n // 2, n}):
+        assert store.kth_largest(values, k) == ordered[k - 1]

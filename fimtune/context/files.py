@@ -60,9 +60,6 @@ class FilePostings:
     windows: array[int]  # int32
     counts: array[int]  # int32
 
-    def __len__(self) -> int:
-        return len(self.windows)
-
 
 @dataclass(frozen=True, slots=True)
 class FileIndex:
