@@ -542,6 +542,9 @@ def stats(ls: FimtuneServer, params: Any) -> dict[str, Any]:
     out["handlers_in_flight"] = len(ls.protocol._request_futures)  # this request's own among them
     out["index"] = ls.index.stats() if ls.index is not None else {}
     out["status"] = dict(ls.host.status)
+    loaded = ls.host.current()
+    cache_stats = getattr(loaded.engine, "cache_stats", None) if loaded is not None else None
+    out["prompt_cache"] = cache_stats() if cache_stats is not None else {}
     options = _plain(params)
     out["timings_ms"] = ls.completer.timings(reset=isinstance(options, dict) and bool(options.get("reset")))
     return out

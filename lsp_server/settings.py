@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fimtune.config import bad_value, rule_of, setting
-from fimtune.engines.base import ENGINES, PROMPT_LOOKUP, EngineSettings
+from fimtune.engines.base import ENGINES, PROMPT_CACHE, PROMPT_LOOKUP, EngineSettings
 from fimtune.fim_format import TEMPLATES
 from fimtune.models import DEVICE_RULE, DTYPES, default_base_model
 
@@ -80,6 +80,15 @@ class Settings:
         at_least=0,
         at_most=64,
     )
+    prompt_cache: int = setting(
+        PROMPT_CACHE,
+        help="local engine: keep the keys and values of the last N prompts, so that a prompt starting like one of "
+        "them is computed from where they differ (0: off)",
+        flag=True,
+        zero="off",
+        at_least=0,
+        at_most=64,
+    )
     max_tokens: int = setting(64, help="tokens per completion", flag=True, at_least=1, at_most=4096)
     debounce_ms: int = setting(75, help="wait this long after the last keystroke", at_least=0, at_most=5000)
     timeout_ms: int = setting(
@@ -109,6 +118,7 @@ class Settings:
             device=self.device,
             dtype=self.dtype,
             prompt_lookup=self.prompt_lookup,
+            prompt_cache=self.prompt_cache,
             fixed_text=self.fixed.text,
             fixed_delay_s=self.fixed.delay_ms / 1000.0,
             fixed_error=self.fixed.error,

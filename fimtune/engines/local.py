@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
+from fimtune.engines.decoding import CacheEntry, PromptCache, cache_argument, croppable, decode
 from fimtune.fim_format import FimFormatError, get_template, prompt_ids
 from fimtune.models import (
     ModelError,
@@ -52,30 +53,26 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-class _Watch(StoppingCriteria):
-    """Checked after every generated token: the cancel event, and the request's stop strings in the decoded tail."""
+class _Watch:
+    """Asked after every forward pass: the cancel event, and the request's stop strings in the decoded tail."""
 
-    def __init__(self, tok: FimTokenizer, prompt_len: int, stops: Sequence[str], cancel: threading.Event | None):
+    def __init__(self, tok: FimTokenizer, stops: Sequence[str], cancel: threading.Event | None):
         self.tok = tok
-        self.prompt_len = prompt_len
         self.stops = [s for s in stops if s]
         self.cancel = cancel
         self.cancelled = False
-        self.stopped = False
-        # Enough trailing tokens to hold the longest stop string: a token is at least one byte, a character at
-        # most four.
-        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4
+        # Enough trailing tokens to hold the longest stop string (and the tokens one pass added): a token is at
+        # least one byte, a character at most four.
+        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4 + 64
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        done = False
+    def __call__(self, generated: list[int]) -> bool:
         if self.cancel is not None and self.cancel.is_set():
-            self.cancelled = done = True
-        elif self.stops:
-            tail = input_ids[0, max(self.prompt_len, input_ids.shape[1] - self.tail) :].tolist()
-            text = self.tok.decode(tail)
-            if any(s in text for s in self.stops):
-                self.stopped = done = True
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+            self.cancelled = True
+            return True
+        if self.stops:
+            text = self.tok.decode(generated[-self.tail :])
+            return any(s in text for s in self.stops)
+        return False
 
 
 def _cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -143,6 +140,8 @@ class LocalEngine:
                 ) from None
         self.model: PreTrainedModel = model.to(self.device).eval()
         self._lock = threading.Lock()
+        self._prompt_cache = PromptCache(settings.prompt_cache)
+        self._cache_arg = cache_argument(self.model)
         self._end_ids: dict[str, list[int]] = {}
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
@@ -182,7 +181,7 @@ class LocalEngine:
     # --- generation ------------------------------------------------------------------------------------------
 
     def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
-        return self._complete(request, cancel, nullcontext)
+        return self._complete(request, cancel, nullcontext, "adapter" if self.adapter is not None else "base")
 
     def without_adapter(self) -> LocalEngine | BaseView:
         """The same loaded model with its adapter switched off (the plain base); this engine if it has none."""
@@ -209,7 +208,10 @@ class LocalEngine:
         request: EngineRequest,
         cancel: threading.Event | None,
         scope: Any,
+        weights: str,
     ) -> Completion:
+        """`scope`: the context the model runs in (the adapter switched off, or nothing); `weights` names what it
+        computes with, so that a cached prompt's keys and values serve only the same weights again."""
         start = time.perf_counter()
         if self.model is None:
             raise EngineError("local engine: this engine was closed; build a new one")
@@ -223,36 +225,37 @@ class LocalEngine:
                 return Completion("", "cancelled", time.perf_counter() - start, len(ids), 0)
             if request.max_tokens <= 0:
                 return Completion("", "length", time.perf_counter() - start, len(ids), 0)
-            watch = _Watch(self.fim_tokenizer, len(ids), request.stop, cancel)
-            sampling = request.temperature > 0
-            config = GenerationConfig(
-                max_new_tokens=request.max_tokens,
-                do_sample=sampling,
-                temperature=request.temperature if sampling else None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=end_ids,
-                pad_token_id=self._pad_id,
-                prompt_lookup_num_tokens=self.settings.prompt_lookup or None,
-            )
-            inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
+            watch = _Watch(self.fim_tokenizer, request.stop, cancel)
+            entry, kept = self._prompt_cache.take(weights, ids)
+            cache = entry.cache if entry is not None else DynamicCache(config=self.model.config)
             try:
                 with torch.inference_mode(), scope():
-                    out = self.model.generate(  # type: ignore[operator]
-                        input_ids=inputs,
-                        attention_mask=torch.ones_like(inputs),
-                        generation_config=config,
-                        stopping_criteria=StoppingCriteriaList([watch]),
+                    done = decode(
+                        self.model,
+                        ids,
+                        cache,
+                        kept,
+                        max_new_tokens=request.max_tokens,
+                        end_ids=end_ids,
+                        lookup=self.settings.prompt_lookup,
+                        temperature=request.temperature,
+                        halt=watch,
+                        device=self.device,
+                        cache_arg=self._cache_arg,
                     )
             except torch.OutOfMemoryError:
+                self._prompt_cache.clear()
                 raise EngineError(
                     f"local engine: out of memory generating from a {len(ids)}-token prompt on {self.device}; "
                     "lower the prompt budget (train with a shorter --seq-len) or use a smaller model"
                 ) from None
-            new = out[0, len(ids) :].tolist()
+            if croppable(cache):
+                held = ids + done.tokens
+                self._prompt_cache.put(CacheEntry(weights, held[: cache.get_seq_length()], cache))
+            new = done.tokens
         generated = len(new)  # what the model produced, the end token or stop string included
         reason: StopReason = "length"
-        if new and new[-1] in end_ids:
+        if done.ended:
             new, reason = new[:-1], "end"
         text, cut = _cut_at_stops(self.fim_tokenizer.decode(new), request.stop)
         if cut:
@@ -260,6 +263,10 @@ class LocalEngine:
         elif watch.cancelled and reason != "end":
             reason = "cancelled"
         return Completion(text, reason, time.perf_counter() - start, len(ids), generated)
+
+    def cache_stats(self) -> dict[str, float]:
+        """How much of the prompts the key/value cache saved: calls, prompt tokens, tokens reused."""
+        return self._prompt_cache.stats()
 
     @contextmanager
     def _locked(self, cancel: threading.Event | None) -> Iterator[bool]:
@@ -276,6 +283,7 @@ class LocalEngine:
     def close(self) -> None:
         """Drop the model (and free GPU memory); the engine cannot be used afterwards."""
         with self._lock:
+            self._prompt_cache.clear()
             self.model = None  # type: ignore[assignment]
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -294,7 +302,7 @@ class BaseView:
         return self.engine.prompt_spec(template)
 
     def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
-        return self.engine._complete(request, cancel, self.engine._adapter_off)
+        return self.engine._complete(request, cancel, self.engine._adapter_off, "base")
 
     def close(self) -> None:
         pass  # the view owns nothing; close the engine it came from

@@ -19,6 +19,7 @@ from fimtune.config import ConfigError, check, setting
 from fimtune.corpus.read import CorpusReadError, open_corpus
 from fimtune.engines.base import (
     ENGINES,
+    PROMPT_CACHE,
     PROMPT_LOOKUP,
     Completion,
     Engine,
@@ -98,6 +99,15 @@ class EvalConfig:
         PROMPT_LOOKUP,
         help="local engine: draft up to N tokens from the prompt's own text and check them in one pass (prompt "
         "lookup decoding; 0: off; `fimtune serve` uses the same default)",
+        flag=True,
+        zero="off",
+        at_least=0,
+        at_most=64,
+    )
+    prompt_cache: int = setting(
+        PROMPT_CACHE,
+        help="local engine: keep the keys and values of the last N prompts and compute a prompt from where it "
+        "differs from them (0: off; `fimtune serve` uses the same default)",
         flag=True,
         zero="off",
         at_least=0,
@@ -206,6 +216,7 @@ def build_models(cfg: EvalConfig) -> tuple[list[Model], PromptSpec, dict[str, An
         device=cfg.device,
         dtype=cfg.dtype,
         prompt_lookup=cfg.prompt_lookup,
+        prompt_cache=cfg.prompt_cache,
         fixed_text=cfg.fixed_text,
     )
     info: dict[str, Any] = {"name": cfg.engine}
