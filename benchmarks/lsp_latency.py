@@ -39,8 +39,10 @@ from typing import Any
 
 from fimtune.config import WalkConfig
 from fimtune.corpus import walk
+from fimtune.engines.base import PROMPT_CACHE
 
 OVERHEAD_TARGET_MS = 15.0
+KEYS_AT_A_SPOT = 5  # keystrokes typed at one place before the next document
 BURST_KEYS = 20
 BURST_INTERVAL_S = 0.060
 BURST_CALLS_TARGET = 2
@@ -237,11 +239,12 @@ def type_char(client: Client, doc: Doc, ch: str) -> asyncio.Future[Any]:
 
 
 async def keystroke_latency(client: Client, docs: list[Doc], n: int, rng: random.Random) -> list[float]:
-    """Milliseconds from a keystroke's didChange to its answer, one keystroke at a time."""
+    """Milliseconds from a keystroke's didChange to its answer, one keystroke at a time: KEYS_AT_A_SPOT keystrokes
+    at the end of a random line, then the same in the next document (the first of each is `out[::KEYS_AT_A_SPOT]`)."""
     out: list[float] = []
     for i in range(n):
-        doc = docs[i % len(docs)]
-        if i % 5 == 0:
+        doc = docs[(i // KEYS_AT_A_SPOT) % len(docs)]
+        if i % KEYS_AT_A_SPOT == 0:
             move_cursor(doc, rng)
         start = time.perf_counter()
         await asyncio.wait_for(type_char(client, doc, rng.choice(" x_(")), 600)
@@ -407,6 +410,14 @@ def report(runs: list[EngineRun], root: Path, n_files: int, load: tuple[float, f
     row("workspace index ready after initialize (s); files", [f"{r.index_s:.1f}; {r.index_files}" for r in runs])
     row("keystroke to answer while the index builds, p50 / p95 / max (ms)", [fmt_ms(r.during_build) for r in runs])
     row("keystroke to answer, context on, p50 / p95 / max (ms)", [fmt_ms(r.latency) for r in runs])
+    row(
+        "… the first keystroke at a place, p50 / p95 / max (ms)",
+        [fmt_ms(r.latency[::KEYS_AT_A_SPOT]) for r in runs],
+    )
+    row(
+        f"… the next {KEYS_AT_A_SPOT - 1} there, p50 / p95 / max (ms)",
+        [fmt_ms([x for i, x in enumerate(r.latency) if i % KEYS_AT_A_SPOT]) for r in runs],
+    )
     for stage in ("queue", "context", "render", "engine", "postprocess", "total"):
         row(
             f"… of which in the server: {stage}, p50 / p95 (ms)",
@@ -437,6 +448,10 @@ def report(runs: list[EngineRun], root: Path, n_files: int, load: tuple[float, f
             f"{r.type_through.matched}"
             for r in runs
         ],
+    )
+    row(
+        "local engine: share of prompt tokens whose keys and values came from its prompt cache",
+        [f"{r.stats['prompt_cache']['reused_share']:.1%}" if r.stats.get("prompt_cache") else "n/a" for r in runs],
     )
     row(
         "server counters: requests, model calls, cache hits, type-through, superseded, errors",
@@ -495,15 +510,24 @@ async def amain(args: argparse.Namespace) -> str:
             args,
         )
     ]
+    sizes = [int(x) for x in args.prompt_cache.split(",")]
     for model in [] if args.skip_tiny else args.models.split(","):
-        runs.append(
-            await run_engine(
-                f"local `{model}` on CPU: end to end",
-                {"engine": "local", "baseModel": model, "device": "cpu", "maxTokens": args.max_tokens},
-                root,
-                args,
+        for size in sizes:
+            label = f"local `{model}` on CPU: end to end" + (f", prompt cache {size}" if len(sizes) > 1 else "")
+            runs.append(
+                await run_engine(
+                    label,
+                    {
+                        "engine": "local",
+                        "baseModel": model,
+                        "device": "cpu",
+                        "maxTokens": args.max_tokens,
+                        "promptCache": size,
+                    },
+                    root,
+                    args,
+                )
             )
-        )
     return report(runs, root, n_files, (load_start, os.getloadavg()[0]), args)
 
 
@@ -518,6 +542,11 @@ def main() -> None:
     ap.add_argument("--skip-tiny", action="store_true", help="only the instant engine")
     ap.add_argument(
         "--models", default=default_models(), help="local engine's models, comma-separated (default: tiny, nano)"
+    )
+    ap.add_argument(
+        "--prompt-cache",
+        default=str(PROMPT_CACHE),
+        help="local engine's prompt cache sizes, comma-separated, each a run side by side (0: off; default: %(default)s)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the results as Markdown here")
