@@ -46,7 +46,10 @@ def test_prompt_cache_takes_the_longest_shared_start_of_the_same_weights_and_kee
     entry, kept = cache.take("adapter", [1, 2, 3, 4, 5])
     assert entry is not None and kept == 4  # never the whole prompt: its last token's pass gives the first token
     assert cache.take("base", [1]) == (None, 0)
-    assert cache.stats()["reused_tokens"] == 7 and cache.stats()["prompt_tokens"] == 10
+    cache.put(CacheEntry("base", [1, 2, 3, 4], "d"))
+    # Sharing less than half the prompt: a fresh pass is cheaper than one on top of the cached part.
+    assert cache.take("base", [1, 2, 5, 6, 7]) == (None, 0) and len(cache.entries) == 1
+    assert cache.stats()["reused_tokens"] == 7 and cache.stats()["prompt_tokens"] == 15
     off = PromptCache(size=0)
     off.put(CacheEntry("base", [1], "x"))
     assert off.entries == []
