@@ -546,7 +546,7 @@ def main() -> None:
     ap.add_argument(
         "--prompt-cache",
         default=str(PROMPT_CACHE),
-        help="local engine's prompt cache sizes, comma-separated, each a run side by side (0: off; default: %(default)s)",
+        help="local engine prompt cache sizes, comma-separated, run side by side (0: off; default: %(default)s)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the results as Markdown here")

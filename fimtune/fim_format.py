@@ -502,6 +502,19 @@ def _counter(tokenizer: object | None) -> tuple[TokenCounter, bool]:
     return as_fim_tokenizer(tokenizer), True
 
 
+def _memo_count(counter: TokenCounter) -> Callable[[str], int]:
+    """Token counts of texts, each counted once: the budget search and the final tally meet some texts again."""
+    counted: dict[str, int] = {"": 0}
+
+    def count(text: str) -> int:
+        n = counted.get(text)
+        if n is None:
+            n = counted[text] = counter.count(text)
+        return n
+
+    return count
+
+
 def lead_of(prefix: str) -> str:
     """The blanks (spaces, tabs) that end a prefix after its last newline: rendering moves them from the end of
     the prefix to the start of the middle.
@@ -540,9 +553,7 @@ def render(
         middle = None if middle is None else lead + middle
     b = budgets or Budgets()
     counter, exact = _counter(tokenizer)
-
-    def count(text: str) -> int:
-        return counter.count(text) if text else 0
+    count = _memo_count(counter)
 
     sentinels = [s for s in t.layout if s in (PRE, SUF, MID)]
     fixed = len(sentinels) + (1 if t.bos else 0)
