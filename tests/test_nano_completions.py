@@ -126,3 +126,44 @@ async def test_nano_answers_every_case_promptly(client: LanguageClient, workspac
     assert time.monotonic() - started < 10.0
     if pinned:
         assert [item.insert_text for item in result.items] == [expected], result.items
+
+
+async def test_keystrokes_at_one_place_compute_only_the_end_of_the_prompt(
+    client: LanguageClient, workspace: Path
+) -> None:
+    """Typing on one line changes only the end of nano's suffix-first prompt: the engine's prompt cache supplies the
+    keys and values of the rest (`fimtune/stats`, prompt_cache)."""
+    head = "def scale(values, factor):\n    out = []\n    for v in values:\n        out.append(v * factor)\n    return "
+    text = head + "\n\n\ndef main():\n    print(scale([1, 2], 3))\n"
+    uri = (workspace / "typing.py").as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri, "python", 1, text))
+    )
+    line, character = head.count("\n"), len(head) - head.rfind("\n") - 1
+
+    async def ask() -> None:
+        result = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri),
+                position=types.Position(line, character),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            )
+        )
+        assert result is None or isinstance(result, types.InlineCompletionList), result
+
+    await ask()
+    before = (await client.protocol.send_request_async("fimtune/stats", None)).prompt_cache
+    for version, ch in enumerate("zq_7w", start=2):  # text unlike a suggestion: the server asks the model again
+        at = types.Position(line, character)
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=ch)],
+            )
+        )
+        character += 1
+        await ask()
+    after = (await client.protocol.send_request_async("fimtune/stats", None)).prompt_cache
+    assert after.calls - before.calls >= 3
+    reused = (after.reused_tokens - before.reused_tokens) / (after.prompt_tokens - before.prompt_tokens)
+    assert reused > 0.8, (before, after)
