@@ -91,3 +91,34 @@ def test_a_kept_cache_gives_the_same_completions_and_computes_only_what_changed(
     assert plain_stats["reused_tokens"] == 0
     assert stats["reused_share"] > reused
     assert cached_fed < plain_fed * (1.05 - reused)
+
+
+def test_sliding_window_caches_decode_without_drafts_and_are_not_kept() -> None:
+    """A layer that keeps only its last keys cannot take rejected drafts back: such a model decodes one token per
+    pass (the same text), and its cache is not offered to the next prompt."""
+    from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+    from fimtune.engines.decoding import croppable, decode
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    ids = [int(x) for x in torch.randint(0, 64, (40,))] * 2  # repeats: prompt lookup would find drafts
+    texts = []
+    for lookup in (0, 6):
+        cache = DynamicCache(config=config)
+        with torch.inference_mode():
+            done = decode(model, ids, cache, 0, max_new_tokens=16, end_ids=[], lookup=lookup)
+        assert not croppable(cache) and done.forward_passes == 16
+        texts.append(done.tokens)
+    assert texts[0] == texts[1]

@@ -175,6 +175,8 @@ def decode(
         step = {"input_ids": inputs, cache_arg: cache, "use_cache": True, "logits_to_keep": len(draft) + 1}
         logits = model(**step).logits[0]
         passes += 1
+        if passes == 1 and lookup and not croppable(cache):
+            lookup = 0  # rejected drafts could not be taken back out of a sliding-window or recurrent layer
         if temperature > 0:
             probs = torch.softmax(logits[-1].float() / temperature, dim=-1)
             new = [int(torch.multinomial(probs, 1))]
