@@ -38,12 +38,12 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "second attribute": (
         "class User:\n    def __init__(self, name, age):\n        self.name = name\n        self.age = |\n",
         "age",
-        False,
+        True,
     ),
     "closing bracket": (
         "def main():\n    values = [1, 2, 3|\n    print(values)\n",
         "]",
-        True,
+        False,
     ),
     "closing parenthesis": (
         'def main():\n    print("hello world"|\n',
