@@ -118,7 +118,6 @@ class PromptCache:
 class Decoded:
     tokens: list[int]  # generated, the end token included when one ended it
     ended: bool  # an end token ended it
-    halted: bool  # `halt` ended it (a stop string, a cancel)
     forward_passes: int
 
 
@@ -196,9 +195,9 @@ def decode(
         ended = out[-1] in ends
         if stop or ended:
             _crop(cache, len(seq) + len(out) - 1)  # drafts accepted beyond the end token go too
-            return Decoded(out, ended, False, passes)
+            return Decoded(out, ended, passes)
         if halt is not None and halt(out):
-            return Decoded(out, False, True, passes)
+            return Decoded(out, False, passes)
         room = max_new_tokens - len(out) - 1  # the pass also yields one token beyond the draft
         draft = lookup_draft(np.concatenate([seq, out]), min(lookup, room)) if lookup and temperature <= 0 else []
         x = [out[-1], *draft]
