@@ -6,6 +6,7 @@ import itertools
 import math
 import pickle
 import random
+import re
 from collections import Counter
 from hashlib import blake2b
 
@@ -622,3 +623,58 @@ def test_kth_largest_is_the_kth_of_the_sorted_scores(n: int) -> None:
     ordered = np.sort(values)[::-1]
     for k in sorted({1, 2, 7, min(96, n), n // 2, n}):
         assert store.kth_largest(values, k) == ordered[k - 1]
+
+
+def _tricky_text(seed: int) -> str:
+    """Lines of every sort for the query-token cut: blank, CRLF, non-ASCII names, digits, and a few lines longer
+    than LINES_MAX_CHARS (the cut falls inside them)."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta_2", "_gamma", "δelta", "x1", "2nd", "név", "self", "return"]
+    lines = []
+    for _ in range(rng.randrange(60, 180)):
+        kind = rng.random()
+        if kind < 0.1:
+            lines.append("")
+        elif kind < 0.11:
+            lines.append(" ".join(rng.choice(words) for _ in range(rng.randrange(1500, 4000))))
+        else:
+            line = "    " * rng.randrange(3) + " ".join(rng.choice(words) + rng.choice("(),.:= ") for _ in range(8))
+            lines.append(line + ("\r" if kind < 0.2 else ""))
+    lines.insert(len(lines) // 2, "long_name " * 2000)
+    return "\n".join(lines) + rng.choice(["", "\n", "\n\n"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_line_tokens_equal_the_query_tokens_of_each_cursor(seed: int) -> None:
+    from fimtune.context.retrieval import _LineTokens, query_tokens
+
+    text = _tricky_text(seed)
+    lines = _LineTokens(text)
+    rng = random.Random(seed)
+    cursors = [(0, 0), (len(text), len(text)), *((a, a) for a in range(0, len(text), 97))]
+    cursors += [tuple(sorted(rng.sample(range(len(text) + 1), 2))) for _ in range(300)]
+    cursors += [(m.start(), m.end()) for m in itertools.islice(re.finditer("\n", text), 0, None, 7)]
+    fallbacks = 0
+    for end, start in cursors:
+        for n in (1, 3, 20):
+            got = lines.query_tokens(end, start, n)
+            fallbacks += got is None
+            if got is not None:
+                assert got == query_tokens(text[:end], text[start:], n), (end, start, n)
+    assert 0 < fallbacks < 3 * len(cursors)  # both paths are taken: the long lines put some cursors on the fallback
+
+
+def test_retrieve_many_equals_retrieve_for_each_cursor() -> None:
+    files = {"app/__init__.py": "", "app/geometry.py": GEOMETRY, "app/report.py": REPORT, "app/main.py": MAIN}
+    files["app/long.py"] = "\n".join(f"total_{i} = area_of_circle({i}) + exchange_rates[{i}]" for i in range(400))
+    index = repo(files)
+    rng = random.Random(0)
+    for path, text in files.items():
+        cursors = [tuple(sorted(rng.sample(range(len(text) + 1), 2))) for _ in range(12)] if text else [(0, 0)]
+        got = index.retrieve_many(path, "python", text, cursors)
+        assert got == [index.retrieve(path, "python", text[:a], text[b:]) for a, b in cursors]
+        assert any(got) or not text
+    unseen = MAIN.replace("main", "other")  # a buffer the index has not seen: imports from its live text
+    cursors = [(len(unseen) // 2, len(unseen) // 2), (len(unseen), len(unseen))]
+    got = index.retrieve_many("app/other.py", "python", unseen, cursors)
+    assert got == [index.retrieve("app/other.py", "python", unseen[:a], unseen[b:]) for a, b in cursors]

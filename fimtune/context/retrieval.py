@@ -4,14 +4,16 @@ windows of other files most similar to the code just before it, within the conte
 from __future__ import annotations
 
 import math
+import re
 import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 
 from fimtune.config import ContextConfig, check
-from fimtune.context.files import Definition, FileIndex, imports_of, tokenize
+from fimtune.context.files import _TOKEN_RE, Definition, FileIndex, imports_of, tokenize
 from fimtune.context.imports import RESOLVERS, Paths, imported_names
 from fimtune.context.store import WindowStore
 from fimtune.records import Snippet
@@ -20,6 +22,7 @@ from fimtune.records import Snippet
 _AROUND_LINES = 5
 # A similar window is not worth showing in fewer characters than this (it is cut to whole lines to fit).
 _MIN_WINDOW_CHARS = 120
+_NEWLINE = re.compile("\n")
 
 
 @dataclass(slots=True)
@@ -103,6 +106,50 @@ def _fit_lines(text: str, budget: int, min_lines: int = 3) -> str:
     if count < min(min_lines, len(lines)):
         return ""
     return "\n".join(lines[:count])
+
+
+def query_tokens(prefix: str, suffix: str, query_lines: int) -> tuple[set[str], set[str]]:
+    """The tokens of a cursor's query (its last `query_lines` lines) and those around it (the query, the
+    _AROUND_LINES times as many lines before the cursor, and the first `query_lines` lines after it)."""
+    before = _tail_lines(prefix, _AROUND_LINES * query_lines)
+    query = _tail_lines(before, query_lines)
+    near = set(tokenize(query))
+    # The lines before the query lines start after a newline: no token spans the cut.
+    around = near.union(tokenize(before[: len(before) - len(query)]), tokenize(_head_lines(suffix, query_lines)))
+    return near, around
+
+
+class _LineTokens:
+    """A text's line starts and the tokens of each line: `query_tokens` for many cursors in one text. No token
+    spans a newline, so the tokens of a run of lines are those of its lines."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        lines = text.split("\n")
+        self.starts = list(accumulate((len(line) + 1 for line in lines[:-1]), initial=0))  # of each line
+        self.lines = [_TOKEN_RE.findall(line) for line in lines]
+
+    def query_tokens(self, end: int, start: int, query_lines: int) -> tuple[set[str], set[str]] | None:
+        """`query_tokens(text[:end], text[start:], query_lines)`; None where a cut of LINES_MAX_CHARS falls inside
+        a line (the caller computes those few from the text)."""
+        text, starts = self.text, self.starts
+        at = bisect_right(starts, end) - 1  # the line the prefix ends in
+        first = max(0, at - _AROUND_LINES * query_lines + 1)  # the first line of `before`
+        if end - starts[first] > LINES_MAX_CHARS:
+            return None  # _tail_lines cuts inside a line
+        near = set(_TOKEN_RE.findall(text, starts[at], end))
+        query_first = max(first, at - query_lines + 1)
+        near.update(*self.lines[query_first:at])
+        around = near.union(*self.lines[first:query_first])
+        # The suffix: the rest of its first line, then whole lines, query_lines lines in all.
+        line = bisect_right(starts, start) - 1
+        last = min(line + query_lines, len(starts))  # lines line..last-1
+        stop = starts[last] - 1 if last < len(starts) else len(text)
+        if stop - start > LINES_MAX_CHARS:
+            return None  # _head_lines cuts inside a line
+        line_end = starts[line + 1] - 1 if line + 1 < len(starts) else len(text)
+        around.update(_TOKEN_RE.findall(text, start, line_end), *self.lines[line + 1 : last])
+        return near, around
 
 
 def _squash(text: str) -> str:
@@ -214,15 +261,29 @@ class RepoIndex:
         Most relevant first; at most cfg.max_snippets snippets of cfg.max_chars characters in all; never a
         snippet of `path` itself; no two overlapping windows.
         """
-        cfg = self.cfg
-        before = _tail_lines(prefix, _AROUND_LINES * cfg.query_lines)
-        query = _tail_lines(before, cfg.query_lines)
-        near = set(tokenize(query))
-        # The lines before the query lines start after a newline: no token spans the cut.
-        around = near.union(
-            tokenize(before[: len(before) - len(query)]), tokenize(_head_lines(suffix, cfg.query_lines))
-        )
+        near, around = query_tokens(prefix, suffix, self.cfg.query_lines)
+        return self._retrieve(path, language, prefix, suffix, near, around)
 
+    def retrieve_many(
+        self, path: str, language: str, text: str, cursors: Iterable[tuple[int, int]]
+    ) -> list[tuple[Snippet, ...]]:
+        """`retrieve` for many cursors in one text (the corpus build's middles of a file): for each (end of the
+        prefix, start of the suffix), as character offsets, exactly what `retrieve(path, language,
+        text[:end], text[start:])` gives, with each line of the text tokenized once, not once per cursor."""
+        lines = _LineTokens(text)
+        query_lines = self.cfg.query_lines
+        out = []
+        for end, start in cursors:
+            prefix, suffix = text[:end], text[start:]
+            found = lines.query_tokens(end, start, query_lines)
+            near, around = found if found is not None else query_tokens(prefix, suffix, query_lines)
+            out.append(self._retrieve(path, language, prefix, suffix, near, around))
+        return out
+
+    def _retrieve(
+        self, path: str, language: str, prefix: str, suffix: str, near: set[str], around: set[str]
+    ) -> tuple[Snippet, ...]:
+        cfg = self.cfg
         imp, named = self._imported_for(path, language, prefix, suffix)
         top, mid, skip = _tiers(imp, near, around, named)
         chosen: list[tuple[int, Definition]] = []

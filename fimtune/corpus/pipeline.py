@@ -157,13 +157,15 @@ def _process_one(args: tuple[str, str, walk.WalkItem]) -> FileResult:
 def _context_one(i: int) -> list[tuple[Snippet, ...]]:
     """The context of each middle of kept file i (runs in a worker)."""
     r: FileResult = _STATE["kept"][i]
-    index = _STATE["indexes"][r.repo]
-    out = []
-    for span in r.spans:
-        prefix = r.data[: span.start].decode("utf-8")
-        suffix = r.data[span.end :].decode("utf-8")
-        out.append(index.retrieve(r.path, r.language or "", prefix, suffix))
-    return out
+    index: RepoIndex = _STATE["indexes"][r.repo]
+    text = r.data.decode("utf-8")
+    if len(text) == len(r.data):  # ASCII: byte offsets are character offsets
+        cursors = [(span.start, span.end) for span in r.spans]
+    else:
+        cursors = [
+            (len(r.data[: span.start].decode("utf-8")), len(r.data[: span.end].decode("utf-8"))) for span in r.spans
+        ]
+    return index.retrieve_many(r.path, r.language or "", text, cursors)
 
 
 def _examples(r: FileResult, contexts: Sequence[tuple[Snippet, ...]] = ()) -> write.FileExamples:
