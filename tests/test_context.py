@@ -213,9 +213,9 @@ def test_file_index_is_picklable_and_windows_cover_the_file() -> None:
     fi = index_file(src("w.py", text), CFG)
     assert pickle.loads(pickle.dumps(fi)) == fi
     assert [w.start_line for w in fi.windows] == [0, 10, 20, 30]
-    assert fi.windows[-1].text.endswith("line_44 = 44")
-    assert tokenize(fi.windows[0].text)[:2] == ["line_0", "line_1"]
-    assert [posted_counts(fi, k) for k in range(len(fi.windows))] == [Counter(tokenize(w.text)) for w in fi.windows]
+    texts = [fi.window_text(k) for k in range(len(fi.windows))]
+    assert texts[-1].endswith("line_44 = 44") and texts[0].startswith("line_0 = 0\nline_1 = 1\n")
+    assert [posted_counts(fi, k) for k in range(len(fi.windows))] == [Counter(tokenize(t)) for t in texts]
 
 
 def posted_counts(fi: FileIndex, k: int) -> Counter[str]:
@@ -241,12 +241,14 @@ def test_window_tokens_are_the_tokens_of_its_lines(lines: int, stride: int) -> N
     source_lines = text.split("\n")
     assert windows[0].start_line == 1  # line 0 is blank
     for k, w in enumerate(windows):
-        assert w.length == len(tokenize(w.text)) > 0
-        assert posted_counts(fi, k) == Counter(tokenize(w.text))
-        span = source_lines[w.start_line : w.start_line + w.text.count("\n") + 1]
-        assert w.text == "\n".join(line.rstrip() for line in span)
+        text = fi.window_text(k)
+        assert w.length == len(tokenize(text)) > 0
+        assert posted_counts(fi, k) == Counter(tokenize(text))
+        span = source_lines[w.start_line : w.end_line]
+        assert text == "\n".join(line.rstrip() for line in span)
+        assert span[0].strip() and span[-1].strip()  # no blank line at either edge
         assert len(span) <= lines
-    assert windows[-1].text.endswith("tail_no_newline")
+    assert fi.window_text(len(windows) - 1).endswith("tail_no_newline")
 
 
 # ---- import resolution ---------------------------------------------------------------------------------------
@@ -502,8 +504,9 @@ def test_retrieval_is_deterministic() -> None:
 def bm25_reference(files: dict[str, str], tokens: set[str], cfg: ContextConfig) -> dict[tuple[str, int], float]:
     """Okapi BM25 of every window for the query tokens, written out from the definition, over the rarest tokens
     whose postings fit in cfg.max_postings (always at least one)."""
-    windows = [(p, w) for p, t in files.items() for w in index_file(src(p, t), cfg).windows]
-    words = {(p, w.start_line): tokenize(w.text) for p, w in windows}
+    indexed = [index_file(src(p, t), cfg) for p, t in files.items()]
+    windows = [(fi.path, w) for fi in indexed for w in fi.windows]
+    words = {(fi.path, w.start_line): tokenize(fi.window_text(k)) for fi in indexed for k, w in enumerate(fi.windows)}
     df = {t: sum(t in words[p, w.start_line] for p, w in windows) for t in tokens}
     present = sorted((d, t) for t, d in df.items() if d)
     counted: list[str] = []

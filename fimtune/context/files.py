@@ -10,6 +10,7 @@ import re
 import textwrap
 from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 import tree_sitter as ts
@@ -40,11 +41,12 @@ class Definition:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A short run of lines for lexical retrieval, holding `length` identifier and keyword tokens (those of
-    `tokenize(text)`: its lines are the file's with trailing blanks and blank edge lines dropped)."""
+    """A short run of lines for lexical retrieval: lines start_line..end_line - 1 of its file's `lines` (the
+    file's lines with trailing blanks dropped; no blank line at either edge), holding `length` identifier and
+    keyword tokens. Its text is not kept apart: overlapping windows would hold each line twice."""
 
     start_line: int
-    text: str
+    end_line: int
     length: int
 
 
@@ -71,6 +73,17 @@ class FileIndex:
     imports: tuple[str, ...]  # raw import specifiers as written ("..utils", "./foo", "crate::x::y", "a/b.h")
     windows: tuple[Window, ...]
     postings: FilePostings
+    lines: str = ""  # the file's lines, trailing blanks dropped, joined by newlines: what windows show
+
+    def window_text(self, k: int) -> str:
+        """The text of window k."""
+        starts, window = line_starts(self.lines), self.windows[k]
+        return self.lines[starts[window.start_line] : starts[window.end_line] - 1]
+
+
+def line_starts(text: str) -> array[int]:
+    """Where each line of text starts, then len(text) + 1 (line i is text[starts[i]:starts[i + 1] - 1])."""
+    return array("q", accumulate((len(line) + 1 for line in text.split("\n")), initial=0))
 
 
 def tokenize(text: str) -> list[str]:
@@ -303,7 +316,7 @@ def _imports(lang: str, found_matches: _Matches) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePostings]:
+def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePostings, str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -337,12 +350,12 @@ def _windows(text: str, cfg: ContextConfig) -> tuple[tuple[Window, ...], FilePos
                 first += 1
             while last > first and not stripped[last - 1]:
                 last -= 1
-            out.append(Window(first, "\n".join(stripped[first:last]), end - begin))
+            out.append(Window(first, last, end - begin))
             begins.append(begin)
         if start + size >= len(lines):
             break
         start += stride
-    return tuple(out), _invert(tuple(ids), flat, begins, [w.length for w in out])
+    return tuple(out), _invert(tuple(ids), flat, begins, [w.length for w in out]), "\n".join(stripped)
 
 
 def _invert(terms: tuple[str, ...], flat: list[int], begins: list[int], lengths: list[int]) -> FilePostings:
@@ -387,8 +400,8 @@ def index_file(source: SourceFile, cfg: ContextConfig, tree: ts.Tree | None = No
         found = matches(source.language, "tags", root)
         definitions = _definitions(source, found, cfg)
         imports = _imports(source.language, found)
-    windows, postings = _windows(source.text, cfg)
-    return FileIndex(source.path, source.language, definitions, imports, windows, postings)
+    windows, postings, lines = _windows(source.text, cfg)
+    return FileIndex(source.path, source.language, definitions, imports, windows, postings, lines)
 
 
 def imports_of(language: str, text: str) -> tuple[str, ...]:

@@ -212,7 +212,7 @@ class RepoIndex:
         else:
             self._paths.add(fi.path)
             self._resolved.clear()  # a new path can change how other files' imports resolve
-        wids, tids = self.store.add(fi.path, fi.windows, fi.postings)
+        wids, tids = self.store.add(fi.path, fi.windows, fi.postings, fi.lines)
         self._files[fi.path] = _Entry(fi.language, fi.definitions, fi.imports, wids, tids, imported_names(fi.imports))
 
     def remove(self, path: str) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from fimtune.context.files import FilePostings, Window
+from fimtune.context.files import FilePostings, Window, line_starts
 
 _BM25_K1 = 1.2
 _BM25_B = 0.75
@@ -37,6 +37,8 @@ def tie_key(path_hash: int, line: int) -> int:
     key = (path_hash ^ (line * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF
     return key - (1 << 64) if key >= 1 << 63 else key
 
+
+_NO_LINES: tuple[str, array[int]] = ("", array("q", [0, 1]))
 
 # Up to this many scores one partition is cheaper than bounding them first (each halving pass reads them all).
 _PARTITION_DIRECT = 4096
@@ -71,7 +73,8 @@ class WindowStore:
         self.max_postings = max_postings
         self._win_path: list[str] = []
         self._win_line: list[int] = []
-        self._win_text: list[str] = []
+        self._win_end: list[int] = []
+        self._win_lines: list[tuple[str, array[int]]] = []  # its file's lines and their starts (shared per file)
         self._win_key = array("q")  # tie order among equal scores: a hash of (path, line)
         self._free: list[int] = []
         self._n_windows = 0
@@ -88,19 +91,28 @@ class WindowStore:
 
     def window(self, wid: int) -> tuple[str, int, str]:
         """(path, first line, text) of a window."""
-        return self._win_path[wid], self._win_line[wid], self._win_text[wid]
+        lines, starts = self._win_lines[wid]
+        return (
+            self._win_path[wid],
+            self._win_line[wid],
+            lines[starts[self._win_line[wid]] : starts[self._win_end[wid]] - 1],
+        )
 
     # ---- updates -------------------------------------------------------------------------------------------
 
-    def add(self, path: str, windows: Sequence[Window], postings: FilePostings) -> tuple[list[int], array[int]]:
-        """Store a file's windows (`postings`: the file's windows inverted, as index_file makes it); their ids
-        and the ids of the tokens they hold (what `drop` needs)."""
+    def add(
+        self, path: str, windows: Sequence[Window], postings: FilePostings, lines: str
+    ) -> tuple[list[int], array[int]]:
+        """Store a file's windows (`postings`: the file's windows inverted, `lines`: the text they are lines of,
+        as index_file makes them); their ids and the ids of the tokens they hold (what `drop` needs)."""
         key = path_hash(path)
         wids = [self._alloc() for _ in windows]
+        shared = (lines, line_starts(lines)) if windows else _NO_LINES
         for wid, window in zip(wids, windows, strict=True):
             self._win_path[wid] = path
             self._win_line[wid] = window.start_line
-            self._win_text[wid] = window.text
+            self._win_end[wid] = window.end_line
+            self._win_lines[wid] = shared
             self._win_key[wid] = tie_key(key, window.start_line)
         self._n_windows += len(wids)
         tids = array("i")
@@ -134,7 +146,7 @@ class WindowStore:
         for wid in gone.tolist():
             self._n_windows -= 1
             self._win_path[wid] = ""
-            self._win_text[wid] = ""
+            self._win_lines[wid] = _NO_LINES
             heapq.heappush(self._free, wid)
         for tid in tids:
             w = np.frombuffer(self._post_w[tid], dtype=np.int32)
@@ -156,7 +168,8 @@ class WindowStore:
         wid = len(self._win_path)
         self._win_path.append("")
         self._win_line.append(0)
-        self._win_text.append("")
+        self._win_end.append(0)
+        self._win_lines.append(_NO_LINES)
         self._win_key.append(0)
         return wid
 
