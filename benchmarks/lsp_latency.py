@@ -238,17 +238,22 @@ def type_char(client: Client, doc: Doc, ch: str) -> asyncio.Future[Any]:
     )
 
 
-async def keystroke_latency(client: Client, docs: list[Doc], n: int, rng: random.Random) -> list[float]:
+async def keystroke_latency(
+    client: Client, docs: list[Doc], n: int, rng: random.Random, answers: list[str] | None = None
+) -> list[float]:
     """Milliseconds from a keystroke's didChange to its answer, one keystroke at a time: KEYS_AT_A_SPOT keystrokes
-    at the end of a random line, then the same in the next document (the first of each is `out[::KEYS_AT_A_SPOT]`)."""
+    at the end of a random line, then the same in the next document (the first of each is `out[::KEYS_AT_A_SPOT]`).
+    `answers` gets the first suggestion of each ("" for none)."""
     out: list[float] = []
     for i in range(n):
         doc = docs[(i // KEYS_AT_A_SPOT) % len(docs)]
         if i % KEYS_AT_A_SPOT == 0:
             move_cursor(doc, rng)
         start = time.perf_counter()
-        await asyncio.wait_for(type_char(client, doc, rng.choice(" x_(")), 600)
+        answer = await asyncio.wait_for(type_char(client, doc, rng.choice(" x_(")), 600)
         out.append((time.perf_counter() - start) * 1e3)
+        if answers is not None:
+            answers.append(answer["items"][0]["insertText"] if answer and answer["items"] else "")
     return out
 
 
@@ -331,6 +336,7 @@ class EngineRun:
     index_files: int = 0
     during_build: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)  # context on, index ready
+    answers: list[str] = field(default_factory=list)  # the first suggestion of each keystroke of `latency`
     latency_no_context: list[float] = field(default_factory=list)
     bursts: BurstResult = field(default_factory=BurstResult)
     type_through: TypeThrough = field(default_factory=TypeThrough)
@@ -355,9 +361,14 @@ async def run_engine(name: str, settings: dict[str, Any], root: Path, args: argp
         await asyncio.sleep(0.1)
     out.index_s = time.perf_counter() - start
     out.index_files = s["index"]["files"]
+    # The measured keystrokes start from the files as they are on disk, with their own seed: every run types the
+    # same keys into the same text, whatever the index build's keystrokes were (their number depends on timing).
+    close_docs(client, docs)
+    rng = random.Random(args.seed + 1)
+    docs = [open_doc(client, f, rng) for f in files]
     await asyncio.sleep(1.0)  # the open documents' own re-index settles
     await client.stats(reset_timings=True)
-    out.latency = await keystroke_latency(client, docs, args.cursors, rng)
+    out.latency = await keystroke_latency(client, docs, args.cursors, rng, out.answers)
     out.stages = (await client.stats(reset_timings=True))["timings_ms"]
     client.configure({**settings, "debounceMs": 0, "context": {"enabled": False}})
     await client.wait_ready()
@@ -446,6 +457,17 @@ def report(runs: list[EngineRun], root: Path, n_files: int, load: tuple[float, f
         [
             f"{r.type_through.suggestions}; {r.type_through.keystrokes}; {r.type_through.model_calls}; "
             f"{r.type_through.matched}"
+            for r in runs
+        ],
+    )
+
+    def first_of_model(run: EngineRun) -> EngineRun:
+        return next(r for r in runs if r.name.split(", prompt cache")[0] == run.name.split(", prompt cache")[0])
+
+    row(
+        "keystrokes answered as in the same model's first column (same keys into the same text)",
+        [
+            f"{sum(a == b for a, b in zip(r.answers, first_of_model(r).answers, strict=True))} of {len(r.answers)}"
             for r in runs
         ],
     )

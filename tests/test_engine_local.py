@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from fimtune.corpus.read import open_corpus  # noqa: E402
-from fimtune.engines.base import Engine, EngineError, EngineRequest, EngineSettings, make_engine  # noqa: E402
+from fimtune.engines.base import Completion, Engine, EngineError, EngineRequest, EngineSettings, make_engine  # noqa: E402
 from fimtune.engines.local import LocalEngine, pick_device  # noqa: E402
 from fimtune.fim_format import FimRequest, prompt_ids  # noqa: E402
 from fimtune.run_meta import read_run_meta  # noqa: E402
@@ -177,6 +177,40 @@ def test_a_call_waiting_for_the_model_can_be_cancelled_and_threads_get_their_own
     for t in threads:
         t.join(30)
     assert [together[i] for i in range(4)] == alone
+
+
+def test_a_call_waiting_while_the_engine_closes_fails_with_an_engine_error(fimtune_cache: Path) -> None:
+    engine = LocalEngine(EngineSettings(base_model="tiny", device="cpu"))
+    req = request(engine, max_tokens=4)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(engine.complete(req))
+        except Exception as e:  # the test looks at which one
+            outcome.append(e)
+
+    engine._lock.acquire()  # a call in flight
+    waiting, closing = threading.Thread(target=call), threading.Thread(target=engine.close)
+    waiting.start()
+    closing.start()
+    time.sleep(0.2)  # both wait for the model now
+    engine._lock.release()
+    waiting.join(30)
+    closing.join(30)
+    (got,) = outcome
+    # Whichever took the model first: the call's answer, or the engine's own error; never an AttributeError.
+    assert isinstance(got, Completion) or (isinstance(got, EngineError) and "closed" in str(got)), repr(got)
+
+
+def test_a_stop_string_early_in_a_long_pass_is_seen(base: LocalEngine) -> None:
+    """One forward pass can add many drafted tokens (a large --prompt-lookup): the watch reads all it added."""
+    from fimtune.engines.local import _Watch
+
+    tok = base.fim_tokenizer
+    watch = _Watch(tok, ["STOP"], None)
+    assert not watch(tok.encode("x = 1\n"))
+    assert watch(tok.encode("x = 1\ny = STOP\n" + "word " * 300))
 
 
 def examples_as_requests(engine: LocalEngine, corpus: Path, n: int = 4) -> list[EngineRequest]:

@@ -38,7 +38,10 @@ PROMPT_LOOKUP = 6
 # prompt that starts like one of them is computed from where they differ. In an editor, consecutive keystrokes on a
 # line change the prompt only near its end (the suffix-first layout puts the prefix's end last), so most of the
 # prompt's forward pass is saved. Entries cost memory: layers x 2 x key/value width x tokens per prompt (about
-# 6 MB for nano's 1,000 tokens in bf16, a few hundred MB for a 7B model's 2,000).
+# 6 MB for nano's 1,000 tokens in bf16, a few hundred MB for a 7B model's 2,000). In fp32 the text is the one a
+# fresh prompt gives; under bf16 a pass on top of cached keys rounds differently, so a near-tie can go the other way
+# and an answer can depend on the prompts before it (benchmarks/lsp_latency.py counts the keystrokes answered alike
+# with the cache on and off). `--prompt-cache 0 --prompt-lookup 0` is plain greedy decoding.
 PROMPT_CACHE = 4
 
 

@@ -172,7 +172,7 @@ def decode(
     while True:
         inputs = torch.tensor([x], dtype=torch.long, device=device)
         step = {"input_ids": inputs, cache_arg: cache, "use_cache": True, "logits_to_keep": len(draft) + 1}
-        logits = model(**step).logits[0]
+        logits = model(**step).logits[0, -(len(draft) + 1) :]  # a model may return more rows than asked
         passes += 1
         if passes == 1 and lookup and not croppable(cache):
             lookup = 0  # rejected drafts could not be taken back out of a sliding-window or recurrent layer

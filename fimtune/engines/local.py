@@ -61,16 +61,18 @@ class _Watch:
         self.stops = [s for s in stops if s]
         self.cancel = cancel
         self.cancelled = False
-        # Enough trailing tokens to hold the longest stop string (and the tokens one pass added): a token is at
-        # least one byte, a character at most four.
-        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4 + 64
+        # Trailing tokens enough to hold the longest stop string before what the last pass added: a token is at
+        # least one byte, a character at most four (and a few more for a character split across tokens).
+        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4
+        self.checked = 0  # tokens generated at the last call
 
     def __call__(self, generated: list[int]) -> bool:
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
             return True
         if self.stops:
-            text = self.tok.decode(generated[-self.tail :])
+            text = self.tok.decode(generated[-(self.tail + len(generated) - self.checked) :])
+            self.checked = len(generated)
             return any(s in text for s in self.stops)
         return False
 
@@ -223,6 +225,8 @@ class LocalEngine:
         with self._locked(cancel) as got:
             if not got:
                 return Completion("", "cancelled", time.perf_counter() - start, len(ids), 0)
+            if self.model is None:  # closed while this call waited for the lock
+                raise EngineError("local engine: this engine was closed; build a new one")
             if request.max_tokens <= 0:
                 return Completion("", "length", time.perf_counter() - start, len(ids), 0)
             watch = _Watch(self.fim_tokenizer, request.stop, cancel)
