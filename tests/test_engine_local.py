@@ -203,6 +203,25 @@ def test_a_call_waiting_while_the_engine_closes_fails_with_an_engine_error(fimtu
     assert isinstance(got, Completion) or (isinstance(got, EngineError) and "closed" in str(got)), repr(got)
 
 
+def test_out_of_memory_is_one_engine_error_and_the_engine_goes_on(
+    base: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fimtune.engines.local as local
+
+    base.complete(request(base, max_tokens=3))  # fills the prompt cache
+    assert base.cache_stats()["calls"] >= 1
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with monkeypatch.context() as m:
+        m.setattr(local, "decode", oom)
+        with pytest.raises(EngineError, match=r"out of memory generating from a [0-9]+-token prompt"):
+            base.complete(request(base, max_tokens=3))
+    assert not base._prompt_cache.entries  # nothing kept from before the failure
+    assert (base.complete(request(base, max_tokens=3)).completion_tokens or 0) >= 1
+
+
 def test_a_stop_string_early_in_a_long_pass_is_seen(base: LocalEngine) -> None:
     """One forward pass can add many drafted tokens (a large --prompt-lookup): the watch reads all it added."""
     from fimtune.engines.local import _Watch

@@ -249,6 +249,8 @@ class LocalEngine:
                     )
             except torch.OutOfMemoryError:
                 self._prompt_cache.clear()
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()  # give the failed call's blocks back before the next one
                 raise EngineError(
                     f"local engine: out of memory generating from a {len(ids)}-token prompt on {self.device}; "
                     "lower the prompt budget (train with a shorter --seq-len) or use a smaller model"
