@@ -19,8 +19,9 @@ from fimtune.config import ContextConfig
 from fimtune.languages import LANGUAGES, matches, parse
 from fimtune.records import SourceFile
 
-# Identifiers and keywords (Unicode letters allowed); numbers and punctuation carry little retrieval signal.
-_TOKEN_RE = re.compile(r"[^\W\d]\w*")
+# Identifiers and keywords (Unicode letters allowed); numbers and punctuation carry little retrieval signal. No
+# look-behind or \b: retrieval runs it from a position inside a text (findall(text, pos)) as on a slice.
+TOKEN_RE = re.compile(r"[^\W\d]\w*")
 # How a language separates the member of a module it imports ("a.b.x", "./a/x", "crate::a::x").
 MEMBER_SEP = {"javascript": "/", "typescript": "/", "tsx": "/", "go": "/", "rust": "::", "c": "/", "cpp": "/"}
 _FUNCTION_KINDS = frozenset({"function", "method"})
@@ -88,7 +89,7 @@ def line_starts(text: str) -> array[int]:
 
 def tokenize(text: str) -> list[str]:
     """Identifier and keyword tokens of code, in order."""
-    return _TOKEN_RE.findall(text)
+    return TOKEN_RE.findall(text)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def _end_row(node: ts.Node) -> int:
 def _name_of(node: ts.Node) -> str:
     """The plain name of a name node: the last identifier of `A::foo`, `~Foo`, `operator==`."""
     text = (node.text or b"").decode("utf-8", "replace")
-    found = _TOKEN_RE.findall(text)
+    found = TOKEN_RE.findall(text)
     return found[-1] if found else text
 
 

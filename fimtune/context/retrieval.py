@@ -4,7 +4,6 @@ windows of other files most similar to the code just before it, within the conte
 from __future__ import annotations
 
 import math
-import re
 import sys
 from array import array
 from bisect import bisect_right
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from itertools import accumulate, chain
 
 from fimtune.config import ContextConfig, check
-from fimtune.context.files import _TOKEN_RE, Definition, FileIndex, imports_of, tokenize
+from fimtune.context.files import TOKEN_RE, Definition, FileIndex, imports_of, tokenize
 from fimtune.context.imports import RESOLVERS, Paths, imported_names
 from fimtune.context.store import WindowStore
 from fimtune.records import Snippet
@@ -22,7 +21,6 @@ from fimtune.records import Snippet
 _AROUND_LINES = 5
 # A similar window is not worth showing in fewer characters than this (it is cut to whole lines to fit).
 _MIN_WINDOW_CHARS = 120
-_NEWLINE = re.compile("\n")
 
 
 @dataclass(slots=True)
@@ -127,7 +125,7 @@ class _LineTokens:
         self.text = text
         lines = text.split("\n")
         self.starts = list(accumulate((len(line) + 1 for line in lines[:-1]), initial=0))  # of each line
-        self.lines = [_TOKEN_RE.findall(line) for line in lines]
+        self.lines = [TOKEN_RE.findall(line) for line in lines]
 
     def query_tokens(self, end: int, start: int, query_lines: int) -> tuple[set[str], set[str]] | None:
         """`query_tokens(text[:end], text[start:], query_lines)`; None where a cut of LINES_MAX_CHARS falls inside
@@ -137,7 +135,7 @@ class _LineTokens:
         first = max(0, at - _AROUND_LINES * query_lines + 1)  # the first line of `before`
         if end - starts[first] > LINES_MAX_CHARS:
             return None  # _tail_lines cuts inside a line
-        near = set(_TOKEN_RE.findall(text, starts[at], end))
+        near = set(TOKEN_RE.findall(text, starts[at], end))
         query_first = max(first, at - query_lines + 1)
         near.update(*self.lines[query_first:at])
         around = near.union(*self.lines[first:query_first])
@@ -148,7 +146,7 @@ class _LineTokens:
         if stop - start > LINES_MAX_CHARS:
             return None  # _head_lines cuts inside a line
         line_end = starts[line + 1] - 1 if line + 1 < len(starts) else len(text)
-        around.update(_TOKEN_RE.findall(text, start, line_end), *self.lines[line + 1 : last])
+        around.update(TOKEN_RE.findall(text, start, line_end), *self.lines[line + 1 : last])
         return near, around
 
 
