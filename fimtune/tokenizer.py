@@ -29,7 +29,8 @@ class FimTokenizer(TokenCounter, Protocol):
     """What the FIM format needs from a real tokenizer.
 
     `encode` never adds BOS/EOS or other template tokens and encodes text as a continuation: a SentencePiece
-    "dummy prefix" space is not added in front of it (the template says where a space belongs).
+    "dummy prefix" space is not added in front of it (the template says where a space belongs). A template's token
+    or a special token spelled in the text is encoded as its characters, not as the token.
     """
 
     name: str
@@ -62,9 +63,13 @@ class ApproxCounter:
         return (2 * len(text.encode("utf-8")) + 6) // 7
 
 
-def _continuation_copy(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
-    """A copy of `tok` that does not prepend a SentencePiece dummy-prefix space, or `tok` itself if it never does."""
+def _text_copy(tok: tokenizers.Tokenizer, control: frozenset[str]) -> tokenizers.Tokenizer:
+    """A copy of `tok` for text: no SentencePiece dummy-prefix space in front, and the added tokens in `control`
+    marked special, so that with `encode_special_tokens` their text in code is encoded as the characters it is."""
     data = json.loads(tok.to_str())
+    for added in data.get("added_tokens") or ():
+        if isinstance(added, dict) and added.get("content") in control:
+            added["special"] = True
     changed = False
 
     def fix(node: Any) -> Any:
@@ -93,9 +98,14 @@ def _continuation_copy(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
 
     data["normalizer"] = fix(data.get("normalizer"))
     data["pre_tokenizer"] = fix(data.get("pre_tokenizer"))
-    if not changed:
-        return tok
     return tokenizers.Tokenizer.from_str(json.dumps(data))
+
+
+def control_tokens() -> frozenset[str]:
+    """Every token a FIM template of fimtune writes (sentinels, end and BOS tokens of every family)."""
+    from fimtune.fim_format import TEMPLATES  # fim_format builds on this module
+
+    return frozenset(token for t in TEMPLATES.values() for token in t.tokens())
 
 
 class TokenizersAdapter:
@@ -103,9 +113,18 @@ class TokenizersAdapter:
 
     def __init__(self, tok: tokenizers.Tokenizer, name: str = "tokenizer", template: str | None = None) -> None:
         self.name = name
-        self._tok = _continuation_copy(tok)
+        added = tok.get_added_tokens_decoder().values()
+        self._tok = _text_copy(tok, control_tokens())
         self._template = template
-        self._added = {t.content for t in tok.get_added_tokens_decoder().values()}
+        self._added = {t.content for t in added}
+        # Which added tokens text would turn into (what a template token must be), read before text is text.
+        self._atomic = {
+            t for t in self._added if self._tok.encode(t, add_special_tokens=False).ids == [self._tok.token_to_id(t)]
+        }
+        # Text is text: a template's token or another special token written in code (a tokenizer's source, a chat
+        # template, fimtune's own fim_format.py) is encoded as its characters, never as the token it spells, so
+        # training, eval and serving see what the file holds and no stray end-of-middle token.
+        self._tok.encode_special_tokens = True
 
     def count(self, text: str) -> int:
         return len(self.encode(text)) if text else 0
@@ -122,8 +141,7 @@ class TokenizersAdapter:
         return self._tok.token_to_id(token)
 
     def is_special(self, token: str) -> bool:
-        tid = self._tok.token_to_id(token)
-        return tid is not None and token in self._added and self.encode(token) == [tid]
+        return token in self._atomic
 
     def recorded_template(self) -> str | None:
         return self._template

