@@ -118,11 +118,15 @@ class Document:
             end = len(self.text)
         return start, end
 
-    def offset(self, line: int, character: int) -> int:
-        """String offset of an LSP position. A line past the end raises PositionError; a character past the
-        line's end means the end of the line (LSP)."""
+    def offset(self, line: int, character: int, *, past_end: bool = False) -> int:
+        """String offset of an LSP position. A line past the end raises PositionError, unless `past_end` (an
+        edit's range: Neovim ends one that deletes a document's last line, which has no line break, at the line
+        after it) where it means the end of the document; a character past the line's end means the end of the
+        line (LSP)."""
         if line < 0 or character < 0:
             raise PositionError(f"{self.uri}: position {line}:{character} is negative")
+        if line >= len(self._starts) and past_end:
+            return len(self.text)
         if line >= len(self._starts):
             raise PositionError(
                 f"{self.uri}: position {line}:{character} is outside the document ({len(self._starts)} lines)"
@@ -137,8 +141,8 @@ class Document:
             self.text = text
             self._reset()
             return
-        a = self.offset(*start)
-        b = self.offset(*end)
+        a = self.offset(*start, past_end=True)
+        b = self.offset(*end, past_end=True)
         if b < a:
             a, b = b, a
         # A "\r" before the edit and a "\n" after it (or at the edges of the new text) can join into one

@@ -41,6 +41,20 @@ def test_positions_in_each_encoding() -> None:
     assert utf8_offset("a\ud800b", 2) == 4  # a lone surrogate (as an editor may hold) is 3 bytes
 
 
+def test_an_edit_ending_past_the_last_line_ends_at_the_document_end() -> None:
+    """Neovim deletes the last line of a file without a final newline (`dd`, noeol) with a range ending at the line
+    after it: the document's end, not an error that leaves the server's copy out of sync."""
+    doc = Document("file:///n.py", "import os\nx = 1", encoding="utf-16")
+    doc.apply("", (1, 0), (2, 0))
+    assert doc.text == "import os\n"
+    doc.apply("\ny", (0, 9), (0, 9))
+    assert doc.text == "import os\ny\n" and doc.line_count == 3
+    doc.apply("z", (7, 3), (9, 0))  # a range wholly past the end appends
+    assert doc.text == "import os\ny\nz"
+    with pytest.raises(PositionError, match="outside the document"):
+        doc.offset(5, 0)  # a request's position past the end is still an error
+
+
 def test_crlf_detection() -> None:
     assert Document("file:///a", "x\r\ny\r\n").crlf
     assert not Document("file:///a", "x\ny\r\n").crlf
