@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length[ \t]*:[ \t]*(\d+)")
 _NEXT_HEADER = re.compile(rb"(?i)content-length[ \t]*:")
+# Header lines other than Content-Length, before it in the same block (a blank line or two before them allowed).
+_OTHER_HEADERS = re.compile(rb"(?:\r?\n)*(?:[!-9;-~]+[ \t]*:[^\r\n]*\r?\n)+")
 MAX_HEADER_BYTES = 64 * 1024  # a header block longer than this is junk: skipped up to the next Content-Length
 READ_BYTES = 1 << 20
 SHORT_WAIT_S = 0.5  # a body still incomplete this long after its last bytes may carry a wrong Content-Length
@@ -60,9 +62,9 @@ class Framer:
                     del self.buf[:-32]
                 return MORE
             if start.start():
-                junk = bytes(self.buf[: start.start()]).strip()
-                if junk:
-                    log.warning("skipped %d bytes before a header: %r", len(junk), junk[:80])
+                junk = bytes(self.buf[: start.start()])
+                if junk.strip() and not _OTHER_HEADERS.fullmatch(junk):  # Content-Type may come first (LSP)
+                    log.warning("skipped %d bytes before a header: %r", len(junk.strip()), junk.strip()[:80])
                 del self.buf[: start.start()]
             end = _HEADER_END.search(self.buf)
             if end is None:

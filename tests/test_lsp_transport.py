@@ -56,6 +56,16 @@ def test_junk_and_bodies_that_are_not_json_are_skipped_with_bad() -> None:
     assert messages(b"Content-Length: 20000\r\n\r\n" + b"[" * 10_000 + b"]" * 10_000) == [BAD]  # too deep
 
 
+def test_other_headers_before_content_length_are_read_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    typed = "Content-Type: application/vscode-jsonrpc; charset=utf-8\r\nContent-Length: {n}\r\n\r\n"
+    with caplog.at_level("WARNING", logger="lsp_server.transport"):
+        assert messages(frame(PING, header=typed) * 3) == [PING, PING, PING]
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="lsp_server.transport"):
+        assert messages(b"garbage without a header\r\n" + frame(PING)) == [PING]
+    assert "skipped" in caplog.text  # junk is still reported
+
+
 def test_a_body_still_arriving_waits_for_its_bytes() -> None:
     data = frame(PING)
     framer = Framer()
