@@ -413,9 +413,17 @@ def did_change_configuration(ls: FimtuneServer, params: types.DidChangeConfigura
 
 
 def did_change_folders(ls: FimtuneServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
-    current = [uri_to_path(f.uri) for f in (ls.workspace.folders or {}).values()]
+    # The event's changes applied to the folders the server indexes (a client that named only a rootUri has it
+    # there, and pygls's own folder list does not: rebuilding from that list dropped it).
+    removed = {os.path.abspath(uri_to_path(f.uri)) for f in params.event.removed}
+    roots = [r for r in ls.roots if os.path.abspath(r) not in removed]
+    for folder in params.event.added:
+        path = uri_to_path(folder.uri)
+        if os.path.abspath(path) not in {os.path.abspath(r) for r in roots}:
+            roots.append(path)
+    ls.roots = roots
     if ls.index is not None:
-        ls.index.set_roots(current)
+        ls.index.set_roots(roots)
 
 
 def did_change_watched_files(ls: FimtuneServer, params: types.DidChangeWatchedFilesParams) -> None:

@@ -187,6 +187,13 @@ class WorkspaceIndex:
 
     def closed(self, path: str, language: str | None) -> None:
         self._open.discard(path)
+        # A repository indexed for documents outside every workspace folder goes with the last of them: a long
+        # session that jumps into library files would otherwise keep a whole-folder index of each.
+        unused = [r for r in self._implicit if not any(_contains(r, p) for p in self._open)]
+        if unused:
+            log.info("no open document in %s any more: dropping its index", ", ".join(sorted(unused)))
+            self._implicit.difference_update(unused)
+            self._update_folders()
         self.refresh(path, language or "", None, delay=0.0)
 
     def on_disk(self, path: str, deleted: bool = False) -> None:

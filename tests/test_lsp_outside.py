@@ -38,12 +38,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"ws": ws, "other": other}
 
 
-async def _start(client: LanguageClient, ws: Path | None) -> None:
+async def _start(client: LanguageClient, ws: Path | None, folders: bool = True) -> None:
     await client.initialize_session(
         types.InitializeParams(
             capabilities=client_capabilities("neovim"),
             root_uri=ws.as_uri() if ws else None,
-            workspace_folders=[types.WorkspaceFolder(uri=ws.as_uri(), name="ws")] if ws else None,
+            workspace_folders=[types.WorkspaceFolder(uri=ws.as_uri(), name="ws")] if ws and folders else None,
             initialization_options=settings(),
         )
     )
@@ -60,6 +60,13 @@ async def client(lsp_client: LanguageClient, folders: dict[str, Path]) -> Any:
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER), scope="module")
 async def bare_client(lsp_client: LanguageClient) -> Any:
     await _start(lsp_client, None)
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER), scope="module")
+async def root_only_client(lsp_client: LanguageClient, folders: dict[str, Path]) -> Any:
+    await _start(lsp_client, folders["ws"], folders=False)  # rootUri, no workspaceFolders (older clients)
     yield
     await lsp_client.shutdown_session()
 
@@ -117,7 +124,47 @@ async def _check_outside(lsp: LanguageClient, folders: dict[str, Path], which: s
     assert isinstance(result, types.InlineCompletionList) and result.items
     status = await request_status(lsp)
     assert status["state"] == "ready"
+    # Closing the last document in that repository drops its index (it was kept for the life of the server).
+    folders_open = (await stats(lsp))["index"]["folders"]
+    lsp.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+    deadline = time.monotonic() + 10
+    while (await stats(lsp))["index"]["folders"] >= folders_open and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (await stats(lsp))["index"]["folders"] == folders_open - 1
 
 
 async def request_status(client: LanguageClient) -> dict[str, Any]:
     return await request(client, "fimtune/status")
+
+
+def _folders_changed(client: LanguageClient, added: list[Path], removed: list[Path]) -> None:
+    client.workspace_did_change_workspace_folders(
+        types.DidChangeWorkspaceFoldersParams(
+            types.WorkspaceFoldersChangeEvent(
+                added=[types.WorkspaceFolder(p.as_uri(), p.name) for p in added],
+                removed=[types.WorkspaceFolder(p.as_uri(), p.name) for p in removed],
+            )
+        )
+    )
+
+
+async def test_workspace_folders_added_and_removed_keep_the_root_a_client_named(
+    root_only_client: LanguageClient, folders: dict[str, Path]
+) -> None:
+    lsp = root_only_client
+    uri = open_doc(lsp, folders["ws"], INSIDE, name="kept.py")
+    before = await _context_paths(lsp, uri, 2, "helpers.py")
+    assert before["repo"] == "workspace" and "helpers.py" in [c["path"] for c in before["context"]]
+    _folders_changed(lsp, [folders["other"]], [])
+    other_uri = open_doc(lsp, folders["other"] / "app", OUTSIDE, name="added.py")
+    p = await _context_paths(lsp, other_uri, 2, "lib/quux.py")
+    assert p["repo"] == "ledger" and "lib/quux.py" in [c["path"] for c in p["context"]]
+    after = await prompt_at(lsp, uri, 2, 4)
+    assert after["repo"] == "workspace" and "helpers.py" in [c["path"] for c in after["context"]]
+    assert (await stats(lsp))["index"]["folders"] == 2  # ws and the added folder
+    _folders_changed(lsp, [], [folders["other"]])
+    deadline = time.monotonic() + 10
+    while (await stats(lsp))["index"]["folders"] > 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (await stats(lsp))["index"]["folders"] == 1
+    assert (await prompt_at(lsp, uri, 2, 4))["repo"] == "workspace"
