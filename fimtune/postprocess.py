@@ -14,14 +14,16 @@ named in `Processed.cuts`):
      signature closed by `):` may go on with its body). A closing bracket that does not match the innermost open
      one ends the completion, before it.
    - Indentation languages (Python): a line after the first, outside strings and brackets, indented less than the
-     block ends it (cut at the start of that line). The block is taken from the cursor's line when it holds code,
+     block ends it (cut at the start of that line); as in Python, a comment-only line and a line continued by a
+     backslash have no indentation of their own. The block is taken from the cursor's line when it holds code,
      else from the last non-blank line above: after a line ending with `:` the block is everything indented deeper
      than that line; otherwise it is that line's indentation (or the cursor's own, if the cursor sits on a blank
      line at a smaller indentation: the user dedented on purpose). Inside brackets opened before the cursor, it
      is the indentation of the line that opened them (deeper once the completion closes them on a line ending
      with `:`).
-   Brackets inside strings and comments are skipped by a small per-language lexer (regular expressions kept as
-   data in SYNTAX); a cursor inside a string or comment turns the rule off.
+   Brackets inside strings and comments (and JavaScript regular expression literals) are skipped by a small
+   per-language lexer (regular expressions kept as data in SYNTAX); a cursor inside a string or comment turns the
+   rule off.
 3. **repeats** (cut "repeat"): a model looping. A group of 1 to 4 lines (compared with their indentation, blank
    lines and lines without a letter or digit ignored) that comes again right after itself: the first occurrence
    is kept, the completion stops before the second.
@@ -130,6 +132,9 @@ _BLOCK_COMMENT = r"/\*[\s\S]*?(?:\*/|\Z)"
 _DQ = r'"(?:\\[\s\S]|[^"\\\n])*"?'
 _SQ = r"'(?:\\[\s\S]|[^'\\\n])*'?"
 _CHAR = r"'(?:\\[^'\n]*|[^\\'\n])'"
+# A JavaScript regular expression literal: a `/` where an expression starts (after an operator, an opening bracket,
+# `,` `;` `:` or `return`), never `//` or `/*`; a class `[...]` may hold `/`. After a value a `/` divides.
+_JS_REGEX = r"(?:(?<=[=(,:;!&|?{}\[\n])|(?<=return))[ \t]*/(?![/*])(?:\\.|\[(?:\\.|[^\]\\\n])*\]|[^/\\\n\[])+/[A-Za-z]*"
 _C_FAMILY = (":", "{", "(", "[")
 
 SYNTAX: dict[str, Syntax] = {
@@ -146,7 +151,9 @@ SYNTAX: dict[str, Syntax] = {
         block_openers=(":",),
     ),
     "javascript": Syntax(
-        "brackets", (*_C_FAMILY, "=>"), (_LINE_COMMENT, _BLOCK_COMMENT, _DQ, _SQ, r"`(?:\\[\s\S]|[^`\\])*`?")
+        "brackets",
+        (*_C_FAMILY, "=>"),
+        (_LINE_COMMENT, _BLOCK_COMMENT, _JS_REGEX, _DQ, _SQ, r"`(?:\\[\s\S]|[^`\\])*`?"),
     ),
     "go": Syntax("brackets", _C_FAMILY, (_LINE_COMMENT, _BLOCK_COMMENT, _DQ, r"`[^`]*`?", _CHAR)),
     "rust": Syntax(
@@ -374,7 +381,8 @@ def _block_exit(text: str, prefix_window: str, suffix_window: str, language: str
 
 def _dedent_cut(text: str, limit: int, lexed: _Lexed, depth_at: list[tuple[int, int]]) -> int:
     """Offset of the first line after the first that is indented less than limit, outside strings and brackets
-    (len(text): none)."""
+    (len(text): none). As in Python, a line holding only a comment and a line continued by a backslash at the end
+    of the one before have no indentation of their own."""
     skip_starts = [s for s, _ in lexed.skips]
     offsets = [o for o, _ in depth_at]
     start = text.find("\n") + 1
@@ -384,7 +392,9 @@ def _dedent_cut(text: str, limit: int, lexed: _Lexed, depth_at: list[tuple[int, 
         i = bisect_right(skip_starts, start) - 1
         in_literal = i >= 0 and lexed.skips[i][0] < start < lexed.skips[i][1]
         in_brackets = depth_at[bisect_right(offsets, start) - 1][1] > 0
-        if line.strip() and not in_literal and not in_brackets and _indent(line) < limit:
+        continued = text[: start - 1].rstrip("\r").endswith("\\")
+        code = line.strip() and not line.lstrip().startswith("#") and not continued
+        if code and not in_literal and not in_brackets and _indent(line) < limit:
             return start
         start = nl + 1
     return len(text)

@@ -128,6 +128,24 @@ GOLDEN: list[tuple[str, str, str, str, str, str, tuple[str, ...]]] = [
         "\n    return x",
         ("block_exit", "trailing_space"),
     ),
+    (
+        "py-comment-line-at-column-0-stays-in-the-block",  # Python reads no indentation from a comment line
+        "python",
+        "class A:\n    def f(self):\n        x = 1\n        ",
+        "\n\n    def g(self):\n        pass\n",
+        "y = 2\n#        print(y)\n        return y\n\n    def h(self):\n        pass\n",
+        "y = 2\n#        print(y)\n        return y",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "py-backslash-continuation-is-not-a-dedent",
+        "python",
+        "def f(a, b):\n    ",
+        "\n\n\ndef g():\n    pass\n",
+        "x = a + \\\nb\n    return x\n\ndef h():\n    pass\n",
+        "x = a + \\\nb\n    return x",
+        ("block_exit", "trailing_space"),
+    ),
     # javascript
     (
         "js-closing-brace-in-suffix",
@@ -154,6 +172,15 @@ GOLDEN: list[tuple[str, str, str, str, str, str, tuple[str, ...]]] = [
         "\n}\n",
         "const s = `}${a}`;\n  return s;\n}\n",
         "const s = `}${a}`;\n  return s;",
+        ("block_exit", "trailing_space"),
+    ),
+    (
+        "js-regex-literal-brackets-are-not-code",
+        "javascript",
+        "function f(s) {\n  ",
+        "\n}\n\nfunction g() {\n  return 1;\n}\n",
+        'return s.replace(/\\)/g, "").split(/"/);\n}\n\nfunction h() {\n  return 2;\n}\n',
+        'return s.replace(/\\)/g, "").split(/"/);',
         ("block_exit", "trailing_space"),
     ),
     ("js-args-single-line", "javascript", "const x = compute(", ", 2);\n", "value)", "value", ("block_exit",)),
