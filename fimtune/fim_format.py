@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fimtune.languages import LANGUAGES, language_for_path
 from fimtune.records import FimExample, Snippet
-from fimtune.tokenizer import ApproxCounter, FimTokenizer, TokenCounter, as_fim_tokenizer
+from fimtune.tokenizer import ApproxCounter, FimTokenizer, TokenCounter, as_fim_tokenizer, control_tokens
 
 # Bump when the bytes a given (template, request, budgets) renders to change; fimtune.json records it.
 # 2: the blanks that end the prefix (spaces and tabs after its last newline) open the middle instead.
@@ -663,6 +665,18 @@ def encode(template: FimTemplate | str, rendered: Rendered, tokenizer: object) -
         ids += part
         labels += part if p.target else [IGNORE_INDEX] * len(part)
     return ids, labels
+
+
+def spells_control_token(rendered: Rendered) -> bool:
+    """Whether a text piece of the prompt spells a token some template writes (`<|fim_middle|>`, `</s>`): a
+    tokenizer fed the whole prompt as text would read it as that token, where fimtune encodes its characters."""
+    spelled = _control_pattern()
+    return any(not p.special and spelled.search(p.text) for p in rendered.pieces)
+
+
+@functools.cache
+def _control_pattern() -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(t) for t in sorted(control_tokens(), key=len, reverse=True)))
 
 
 def prompt_ids(template: FimTemplate | str, rendered: Rendered, tokenizer: object) -> list[int]:

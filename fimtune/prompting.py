@@ -16,7 +16,9 @@ from fimtune.fim_format import (
     check_tokenizer,
     detect_template,
     get_template,
+    prompt_ids,
     render,
+    spells_control_token,
     stop_strings,
 )
 from fimtune.records import FimExample
@@ -40,6 +42,10 @@ class EngineRequest:
     max_tokens: int = 64
     stop: tuple[str, ...] = ()  # generation ends at the first of these (not included in the text)
     temperature: float = 0.0  # 0: greedy
+    # The prompt's token ids, where its text spells a template's token (a tokenizer's own source, a chat template):
+    # a server reading the text would make that spelling the token itself, so engines that take ids send these
+    # (as training encodes it: the characters). None otherwise, or where the prompt's tokenizer is not known.
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -114,7 +120,11 @@ class PromptSpec:
         limit = self.budgets.max_middle_tokens
         if max_tokens is not None:
             limit = min(max_tokens, limit)
-        return EngineRequest(rendered=self.render(req), fim=req, max_tokens=limit, stop=self.stops())
+        rendered = self.render(req)
+        ids = None
+        if self.tokenizer is not None and spells_control_token(rendered):
+            ids = tuple(prompt_ids(self.template, rendered, self.tokenizer))
+        return EngineRequest(rendered=rendered, fim=req, max_tokens=limit, stop=self.stops(), prompt_ids=ids)
 
 
 def resolve_prompt(

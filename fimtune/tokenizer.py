@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -101,6 +102,7 @@ def _text_copy(tok: tokenizers.Tokenizer, control: frozenset[str]) -> tokenizers
     return tokenizers.Tokenizer.from_str(json.dumps(data))
 
 
+@functools.cache
 def control_tokens() -> frozenset[str]:
     """Every token a FIM template of fimtune writes (sentinels, end and BOS tokens of every family)."""
     from fimtune.fim_format import TEMPLATES  # fim_format builds on this module

@@ -21,9 +21,10 @@ from fimtune.engines.http import StopMatcher
 from fimtune.engines.llamacpp import LlamaCppEngine
 from fimtune.engines.ollama import OllamaEngine
 from fimtune.engines.openai import OpenAIEngine
-from fimtune.fim_format import Budgets, FimRequest
+from fimtune.fim_format import Budgets, FimRequest, get_template, prompt_ids
 from fimtune.prompting import PromptSpec
 from fimtune.records import Snippet
+from fimtune.tokenizer import as_fim_tokenizer, byte_tokenizer_for
 
 BACKENDS = ("openai", "llamacpp", "ollama")
 MODELS = {"openai": "myteam", "llamacpp": "", "ollama": "fimtune-qwen"}
@@ -79,8 +80,11 @@ class VllmWire:
 
     def problems(self, body: dict[str, Any]) -> list[str]:
         out = []
-        if not isinstance(body.get("prompt"), str):
-            out.append("prompt must be a string")
+        prompt = body.get("prompt")  # CompletionRequest.prompt: a string or token ids (or batches of either)
+        if not (
+            isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(type(x) is int for x in prompt))
+        ):
+            out.append("prompt must be a string or a list of token ids")
         if "suffix" in body:
             out.append("suffix is not currently supported")
         if not isinstance(body.get("max_tokens"), int):
@@ -676,6 +680,31 @@ def test_openai_sends_the_rendered_prompt_and_four_stops(serve: Callable[[str], 
     assert seen.body["max_tokens"] == request.max_tokens == 32
     assert seen.body["temperature"] == 0.0 and seen.body["stream"] is True
     assert seen.headers["Authorization"] == "Bearer sekrit"
+
+
+def test_a_prompt_spelling_a_template_token_goes_as_the_token_ids_training_saw(
+    serve: Callable[[str], FakeServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file holding `<|fim_middle|>` (a tokenizer's source): a server given the text would read that spelling as
+    the token itself, so the openai engine sends the ids, which hold its characters; Ollama, which takes no ids,
+    gets the text and the log says so."""
+    tok = as_fim_tokenizer(byte_tokenizer_for(get_template("qwen2.5-coder")))
+    spec = PromptSpec.for_base("qwen2.5-coder", tokenizer=tok)
+    plain = spec.request(FimRequest("shop", "shop/tok.py", "python", "def add(x):\n", "\n", SNIPPETS))
+    spelled = spec.request(FimRequest("shop", "shop/tok.py", "python", 'MID = "<|fim_middle|>"\n', "\n", SNIPPETS))
+    assert plain.prompt_ids is None and spelled.prompt_ids is not None
+    ids = prompt_ids(spec.template, spelled.rendered, tok)
+    assert list(spelled.prompt_ids) == ids and ids.count(tok.token_to_id("<|fim_middle|>")) == 1  # the template's
+    fake = serve("openai")
+    engine = engine_for("openai", fake.endpoint)
+    engine.complete(plain)
+    assert fake.requests[-1].body["prompt"] == plain.rendered.prompt  # text wherever text reads the same
+    engine.complete(spelled)
+    assert fake.requests[-1].body["prompt"] == ids
+    fake = serve("ollama")
+    with caplog.at_level("WARNING", logger="fimtune.engines.ollama"):
+        engine_for("ollama", fake.endpoint).complete(spelled)
+    assert fake.requests[-1].body["prompt"] == spelled.rendered.prompt and "takes no token ids" in caplog.text
 
 
 def test_openai_extra_fields_pass_through_and_no_key_no_header(serve: Callable[[str], FakeServer]) -> None:

@@ -131,6 +131,23 @@ def test_openai_engine_through_llama_server_sees_the_training_tokens_and_complet
     assert all(0 <= m < 0.5 for m in margins), margins
 
 
+def test_a_prompt_spelling_template_tokens_reaches_the_server_as_the_training_ids(
+    server: LlamaServer, local: Engine
+) -> None:
+    """A file of tokenizer code holds `<|fim_middle|>` and `<|endoftext|>` as text: llama-server would read that
+    text as the tokens themselves, so the openai engine sends the ids training encodes (the characters)."""
+    spec = local.prompt_spec()  # type: ignore[attr-defined]
+    prefix = 'FIM = ("<|fim_prefix|>", "<|fim_middle|>")\nEND = "<|endoftext|>"\n\n\ndef sentinel(name):\n    return '
+    req = spec.request(FimRequest("r", "tok.py", "python", prefix, "\n\nprint(sentinel(1))\n"), max_tokens=8)
+    assert req.prompt_ids is not None
+    as_text = server.post("/tokenize", {"content": req.rendered.prompt, "add_special": False, "parse_special": True})
+    assert as_text["tokens"] != list(req.prompt_ids)  # what the text alone would have given the model
+    remote = make_engine(EngineSettings(engine="openai", endpoint=server.url))
+    done = remote.complete(req)
+    assert done.prompt_tokens == len(req.prompt_ids)  # the server counted the ids it was sent
+    assert done.text == local.complete(req).text
+
+
 def test_infill_lays_out_llama_cpps_own_prompt_and_answers(server: LlamaServer, local: Engine) -> None:
     infill = make_engine(EngineSettings(engine="llamacpp", endpoint=server.url))
     with pytest.raises(EngineError, match=r"fimtune-spm puts the suffix first.*--engine openai"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 from fimtune.engines.http import BadAnswer, Delta, HttpStream, ServerError, as_int, merge_extra, ndjson_payloads
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:11434"
 
@@ -24,6 +27,7 @@ class OllamaEngine:
         if not settings.model:
             raise EngineError("ollama engine: set model to an Ollama model name (`ollama list` shows them)")
         self.settings = settings
+        self._warned = False
         self.http = HttpStream(
             "ollama",
             settings,
@@ -35,6 +39,13 @@ class OllamaEngine:
         )
 
     def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
+        if request.prompt_ids is not None and not self._warned:
+            self._warned = True
+            log.warning(
+                "ollama: %s spells a template token; Ollama takes no token ids and reads that spelling as the token "
+                "(training read its characters). Serve with --engine openai or llamacpp to keep them apart",
+                request.fim.path,
+            )
         stops = tuple(dict.fromkeys(s for s in request.stop if s))
         body: dict[str, Any] = {
             "model": self.settings.model,

@@ -51,7 +51,8 @@ class OpenAIEngine:
     def complete(self, request: EngineRequest, cancel: threading.Event | None = None) -> Completion:
         stops = tuple(dict.fromkeys(s for s in request.stop if s))
         body: dict[str, Any] = {
-            "prompt": request.rendered.prompt,
+            # Token ids where the text spells a template token (as a server would read it): the ids training saw.
+            "prompt": list(request.prompt_ids) if request.prompt_ids is not None else request.rendered.prompt,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "stop": list(stops[:MAX_SERVER_STOPS]),
