@@ -64,6 +64,7 @@ import sys
 import threading
 from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 import tree_sitter as ts
 
@@ -265,27 +266,38 @@ def _last_lines(text: str, n: int) -> str:
 
 
 _WORD_START = re.compile(r"[ \t]*[A-Za-z_@]")
+_WINDOW_TRIES = 8  # window starts tried before the cursor is taken to be inside a literal
 
 
-def prefix_window(prefix: str) -> str:
+def prefix_window(prefix: str, language: str = "") -> str:
     """The part of the prefix the rules read: the cursor's line and up to WINDOW_LINES lines before it, starting at
     a line likely to be outside strings and comments.
 
     A window that starts inside a multi-line string or comment inverts code and text for tree-sitter and the lexer
     (hundreds of errors, and a parse ten times slower), so the window starts at the first line that begins with a
     word character (or `@`) at the smallest indentation such lines have in it (the cursor's line aside): a
-    top-level or member declaration, or the statement that opened the brackets the cursor is in.
+    top-level or member declaration, or the statement that opened the brackets the cursor is in. Text lines of a
+    string can look the same (an SQL query at column 0 inside a function): where the language's lexer, read from
+    that line, puts the cursor inside a literal, the next such line (by indentation, then order) is tried, up to
+    _WINDOW_TRIES of them; when every one does, the cursor is taken to be in a literal and the first is kept.
     """
     window = _last_lines(prefix, WINDOW_LINES)
     if len(window) == len(prefix):
         return window  # the whole prefix: it starts at the top of the file
     lines = window.split("\n")[:-1]
-    starts = [(_indent(line), i) for i, line in enumerate(lines) if _WORD_START.match(line)]
+    starts = sorted((_indent(line), i) for i, line in enumerate(lines) if _WORD_START.match(line))
     if not starts:
         return window
-    lowest = min(indent for indent, _ in starts)
-    first = next(i for indent, i in starts if indent == lowest)
-    return window[sum(len(line) + 1 for line in lines[:first]) :]
+    offsets = list(accumulate((len(line) + 1 for line in lines), initial=0))
+    first = window[offsets[starts[0][1]] :]
+    lexer = _LEXERS.get(language)
+    if lexer is None:
+        return first
+    for _, i in starts[:_WINDOW_TRIES]:
+        candidate = window[offsets[i] :]
+        if not _prefix_state(lexer, candidate)[1]:
+            return candidate
+    return first
 
 
 def suffix_window(suffix: str) -> str:
@@ -528,14 +540,14 @@ def syntax_errors(prefix: str, middle: str, suffix: str, language: str) -> int |
     """ERROR + MISSING nodes in window(prefix) + middle + window(suffix); None for a language without a grammar."""
     if language not in LANGUAGES:
         return None
-    data = (prefix_window(prefix) + middle + suffix_window(suffix)).encode("utf-8")
+    data = (prefix_window(prefix, language) + middle + suffix_window(suffix)).encode("utf-8")
     return _count_errors(_parser(language).parse(data).root_node, sys.maxsize)
 
 
 def adds_syntax_errors(prefix: str, completion: str, suffix: str, language: str) -> bool:
     """True when inserting completion adds ERROR/MISSING nodes to the window around the cursor (never for a
     language without a grammar). See the module docstring for the window and the MAX_WINDOW_ERRORS cap."""
-    return _adds_errors(prefix_window(prefix), completion, suffix_window(suffix), language)
+    return _adds_errors(prefix_window(prefix, language), completion, suffix_window(suffix), language)
 
 
 def _adds_errors(prefix_win: str, completion: str, suffix_win: str, language: str) -> bool:
@@ -596,7 +608,7 @@ def postprocess(
 
     if mode == "single":
         step("single_line", text.split("\n", 1)[0])
-    pw, sw = prefix_window(prefix), suffix_window(suffix)
+    pw, sw = prefix_window(prefix, language), suffix_window(suffix)
     if rules.block and text:
         step("block_exit", _block_exit(text, pw, sw, language))
     if rules.repeats and text:

@@ -500,6 +500,21 @@ def test_window_does_not_start_inside_a_docstring() -> None:
     assert plain.startswith("    text (with") and parse("python", (plain + "return y\n").encode()).root_node.has_error
 
 
+def test_window_does_not_start_in_a_string_whose_lines_look_like_code() -> None:
+    """An SQL query at column 0 inside a function, 150 lines back: its lines begin with words at the smallest
+    indentation, but read from there the lexer puts the cursor in a string; the window starts at the function's
+    own lines instead, so syntax errors and the block's end are seen."""
+    filler = "".join(f"    v{i} = {i}\n" for i in range(160))
+    prefix = f'def main():\n{filler}    query = """\nSELECT name\nFROM users\n"""\n    y = 2\n    '
+    suffix = '\n    return query\n\n\ndef g():\n    """Doc."""\n    return 1\n'
+    window = prefix_window(prefix, "python")
+    assert window.startswith("    v") and 'query = """' in window
+    assert prefix_window(prefix).startswith("SELECT name")  # the language-blind choice
+    assert adds_syntax_errors(prefix, "x = = 1", suffix, "python")
+    out = postprocess("x = 1\n    return x\n\ndef other():\n    return 2\n", prefix, suffix, "python")
+    assert out.text == "x = 1\n    return x"
+
+
 def test_no_verdict_on_a_window_that_is_not_code() -> None:
     """The cursor is deep in a long docstring: read as code, the window has hundreds of errors, so nothing is
     rejected (and the parse of the baseline is skipped)."""
