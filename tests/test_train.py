@@ -221,7 +221,7 @@ def test_tiny_overfits_and_only_the_adapter_changes(corpus: Path, tmp_path: Path
     report = json.loads((out / "train_report.json").read_text())
     assert report["packing"].startswith("padding-free") and report["real_token_share"] == 1.0
     assert report["tokens_per_s"] > 0 and report["peak_memory_mib"] > 0
-    # The best checkpoint by test loss is kept, and it is the adapter the run folder holds.
+    # The best checkpoint by validation loss is kept, and it is the adapter the run folder holds.
     best = min(report["eval_curve"], key=lambda p: p["eval_loss"])
     assert len(report["eval_curve"]) == 2 and report["best_checkpoint"] == f"checkpoints/checkpoint-{best['step']}"
     assert (out / report["best_checkpoint"]).is_dir()
@@ -535,3 +535,22 @@ def test_end_weight_reaches_the_trainer_and_is_recorded(corpus: Path, tmp_path: 
         assert json.loads((out / "fimtune.json").read_text())["train"]["end_weight"] == weight
     assert losses["ours"] == pytest.approx(losses["trl"], rel=1e-3)
     assert losses["five"] > losses["trl"] * 1.01  # its end tokens counted five times
+
+
+def test_validation_is_whole_training_files_never_the_test_split() -> None:
+    from fimtune.train.data import split_validation
+
+    def ex(path: str, i: int) -> FimExample:
+        return FimExample(f"{path}:{i}", "r", path, "python", "random", "a = ", f"{i}", "\n", ())
+
+    examples = [ex(f"f{k}.py", i) for k in range(20) for i in range(10)]  # 20 files of 10 examples
+    train, validation = split_validation(examples, 256, seed=0)
+    assert len(validation) == 20 and len(train) == 180  # a tenth, in whole files
+    assert not {e.path for e in train} & {e.path for e in validation}
+    assert split_validation(examples, 256, seed=0) == (train, validation)  # seeded
+    assert split_validation(examples, 256, seed=1)[1] != validation
+    assert len(split_validation(examples, 15, seed=0)[1]) == 10  # at most n, in whole files
+    mixed = [ex("big.py", i) for i in range(30)] + [ex("one.py", 0)] + [ex("two.py", i) for i in range(2)]
+    assert {e.path for e in split_validation(mixed, 256, seed=0)[1]} == {"one.py", "two.py"}  # 3 fit, 30 do not
+    one_file = examples[:10]
+    assert split_validation(one_file, 256, seed=0) == (one_file, [])  # the last file always trains

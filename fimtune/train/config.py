@@ -122,9 +122,15 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = setting(False, help="trade compute for memory", flag=True)
     eval_steps: int = setting(
-        50, help="evaluate on the test split and save a checkpoint every N steps", flag=True, at_least=1
+        50, help="evaluate on validation files and save a checkpoint every N steps", flag=True, at_least=1
     )
-    eval_examples: int = setting(256, help="test examples evaluated each time", zero="all", at_least=1)
+    eval_examples: int = setting(
+        256,
+        help="validation examples: whole training files held out to choose the best checkpoint (at most a tenth "
+        "of the training examples; the test split stays for fimtune eval)",
+        zero="all",
+        at_least=1,
+    )
     max_train_examples: int = setting(0, help="training examples used", zero="all", at_least=1)
     logging_steps: int = setting(10, help="steps between loss records", at_least=1)
     save_total_limit: int = setting(2, help="checkpoints kept besides the best one", at_least=1)

@@ -97,6 +97,30 @@ def sample(examples: Sequence[FimExample], n: int, seed: int) -> list[FimExample
     return [examples[i] for i in picked]
 
 
+def split_validation(
+    examples: Sequence[FimExample], n: int, seed: int, share: float = 0.1
+) -> tuple[list[FimExample], list[FimExample]]:
+    """(train, validation): whole files of the training split held out to choose the best checkpoint. Files are
+    taken in a seeded shuffle, each only where it fits in min(n, share of the examples, at least one) examples
+    (n 0: no cap but the share), until that many are held; at least one file stays for training. The test split is
+    what `fimtune eval` reports on, so the checkpoint must not be chosen on it."""
+    files: dict[tuple[str, str], list[int]] = {}
+    for i, ex in enumerate(examples):
+        files.setdefault((ex.repo, ex.path), []).append(i)
+    cap = max(1, int(len(examples) * share))  # a small corpus still holds out a one-example file, if it has one
+    if n > 0:
+        cap = min(cap, n)
+    keys = sorted(files)
+    random.Random(seed).shuffle(keys)
+    held: set[int] = set()
+    for key in keys:
+        if len(held) >= cap or len(held) + len(files[key]) >= len(examples):
+            continue  # full, or it would leave nothing to train on
+        if len(held) + len(files[key]) <= cap:
+            held.update(files[key])
+    return [ex for i, ex in enumerate(examples) if i not in held], [ex for i, ex in enumerate(examples) if i in held]
+
+
 def to_dataset(cols: Mapping[str, Any]) -> Any:
     """Columns as a datasets.Dataset that SFTTrainer takes as already tokenized (it keeps our labels as they are)."""
     from datasets import Dataset

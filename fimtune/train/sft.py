@@ -38,7 +38,7 @@ from fimtune.outputs import OutputRefused, check_output_folder
 from fimtune.prompting import resolve_prompt
 from fimtune.run_meta import RunMeta, write_run_meta
 from fimtune.train.config import TrainConfig
-from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, to_dataset
+from fimtune.train.data import TokenMeter, load_corpus, render_examples, sample, split_validation, to_dataset
 from fimtune.train.model import lora_config
 
 log = logging.getLogger(__name__)
@@ -201,17 +201,22 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     # 3. Data: rendered through the shared prompt layer, labels on the middle and the end token only.
     budgets = cfg.budgets()
+    # The best checkpoint is chosen on whole training files held out (validation), never on the test split that
+    # `fimtune eval` then reports on: that would favour the tuned model on the very examples it is scored on.
+    train_examples, validation = split_validation(corpus.train, cfg.eval_examples, cfg.seed)
     train_cols, train_stats = render_examples(
-        sample(corpus.train, cfg.max_train_examples, cfg.seed), template, tokenizer, budgets
+        sample(train_examples, cfg.max_train_examples, cfg.seed), template, tokenizer, budgets
     )
     if not train_stats.kept:
         raise TrainError(f"no training example of {corpus.folder} has a middle left after rendering; raise --seq-len")
-    eval_cols, eval_stats = render_examples(
-        sample(corpus.test, cfg.eval_examples, cfg.seed), template, tokenizer, budgets
-    )
+    eval_cols, eval_stats = render_examples(validation, template, tokenizer, budgets)
     has_eval = eval_stats.kept > 0
     if not has_eval:
-        log.warning("corpus %s has no test examples: no evaluation loss, the last checkpoint is kept", corpus.folder)
+        log.warning(
+            "corpus %s has too few training files to hold some out for validation: no evaluation loss, the last "
+            "checkpoint is kept",
+            corpus.folder,
+        )
 
     # 4-5. Model (dtype, quantization, attention) and TRL's SFTTrainer, which adds LoRA.
     end_id = tokenizer.convert_tokens_to_ids(template.end)
@@ -231,7 +236,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     # 7. Save: the PEFT adapter (best checkpoint when there is an eval split), metadata, report.
     trainer.save_model(str(out))
-    render_stats = {"train": train_stats.to_dict(), "test": eval_stats.to_dict()}
+    render_stats = {"train": train_stats.to_dict(), "validation": eval_stats.to_dict()}
     report = _report(setup, out, float(result.metrics.get("train_runtime", 0.0)), started, render_stats)
     meta = RunMeta(
         base_model=cfg.base_model,
