@@ -71,6 +71,9 @@ def test_settings_are_checked_before_any_work(tiny_corpus: Path, fimtune_cache: 
     train = ["train", "--corpus", str(tiny_corpus), "--base-model", "tiny", "--out", str(tmp_path / "run")]
     one_line_error(fimtune(*train, "--lr", "nan"), "lr: must be a finite number")
     one_line_error(fimtune(*train, "--max-steps", "0"), "--max-steps: at least 1", "--epochs")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("lr_scheduler: cosinee\n")
+    one_line_error(fimtune(*train, "--config", str(typo)), "lr_scheduler: 'cosinee' is not one of", "cosine")
     render = ["render", "--corpus", str(tiny_corpus), "--template", "fimtune"]
     one_line_error(fimtune(*render, "-n=-2"), "-n: must be at least 1, not -2")
     one_line_error(fimtune(*render, "-n", "0"), "-n: must be at least 1, not 0")

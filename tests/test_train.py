@@ -255,6 +255,9 @@ def test_resume_continues_from_the_saved_step(corpus: Path, tmp_path: Path) -> N
     with pytest.raises(TrainError, match="--resume"):
         train(cfg)
     cfg.resume = True
+    changed = small(corpus, out, max_steps=4, eval_steps=2, lr=1e-2, resume=True, lora={"r": 8})
+    with pytest.raises(TrainError, match=r"--resume: .* was started with other settings \(lora .*'r': 16.*'r': 8"):
+        train(changed)  # a checkpoint of another adapter shape would not load: one line, not a traceback
     result = train(cfg)
     assert result.report["start_step"] == 2 and result.report["steps"] == 4
     assert result.report["packing"].startswith("length-grouped")  # auto on sdpa

@@ -150,6 +150,11 @@ class TrainConfig:
             self.budgets()
         except ValueError as e:  # FimFormatError names the budget
             raise ConfigError(str(e)) from None
+        from transformers.trainer_utils import SchedulerType  # what the Trainer takes, checked before any work
+
+        schedules = [t.value for t in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise ConfigError(f"lr_scheduler: {self.lr_scheduler!r} is not one of {', '.join(schedules)}")
         if self.batch_tokens < self.seq_len:
             raise ConfigError(
                 f"batch_tokens: must be at least seq_len ({self.seq_len}), not {self.batch_tokens}; "

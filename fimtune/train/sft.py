@@ -125,6 +125,39 @@ def _check_run_folder(out: Path, resume: bool, corpus: str) -> str | None:
     return None
 
 
+# Settings a resumed run may change: they do not decide its data, model or optimizer (a longer --max-steps or
+# --epochs goes on along the schedule they give; the corpus is compared by its manifest, not by its path).
+_RESUMABLE = frozenset(
+    {"corpus", "out", "resume", "merge", "max_steps", "epochs", "eval_steps", "logging_steps", "save_total_limit"}
+)
+STARTED = "started.json"  # in checkpoints/: the settings a run began with, which --resume must keep
+
+
+def _match_started_run(out: Path, cfg: TrainConfig, manifest_sha256: str, resume_from: str | None) -> None:
+    """A fresh run records its settings and its corpus; a resumed one must have the same (a checkpoint restores
+    the schedule, the data order and the adapter's shape: other settings would fail to load or train other data)."""
+    started = out / CHECKPOINTS / STARTED
+    now = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE} | {"corpus_manifest_sha256": manifest_sha256}
+    if resume_from is None:
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return
+    try:
+        before = json.loads(started.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a run from before this record: nothing to compare with
+    changed = [k for k in sorted(now.keys() | before.keys()) if now.get(k) != before.get(k)]
+    if changed:
+        what = "; ".join(
+            "the corpus (its manifest)" if k == "corpus_manifest_sha256" else f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+            for k in changed
+        )
+        raise TrainError(
+            f"--resume: {out} was started with other settings ({what}); resume with the settings it began with "
+            f"(recorded in {started}) or start a new run"
+        )
+
+
 def padding_free(cfg: TrainConfig, attention: str) -> bool:
     """Padding-free packing when asked, or (auto) when the attention kernel is varlen (flash_attention_2).
 
@@ -195,6 +228,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     # 1. Corpus.
     corpus = load_corpus(cfg.corpus)
+    _match_started_run(out, cfg, corpus.manifest_sha256, resume_from)
 
     # 2. Base model's tokenizer and template: never add tokens to it.
     base_path, tokenizer, template = _base_and_template(cfg)
