@@ -69,7 +69,8 @@ def test_compare_base_and_tuned_end_to_end(tiny_run: Path, tiny_corpus: Path, tm
         # What is scored is what postprocess makes of the completion, with the default rules and with none.
         for r, ex in zip(mine, chosen, strict=True):
             for rules, stop_rules in (("rules", StopRules()), ("raw", StopRules.off())):
-                text = postprocess(r["completion"], ex.prefix, ex.suffix, ex.language, stop_rules).text
+                lead = spec.render(ex).lead  # the prefix's blanks rendering moved into the middle
+                text = postprocess(r["completion"], ex.prefix, ex.suffix, ex.language, stop_rules, lead=lead).text
                 assert r[rules]["text"] == text
                 assert r[rules]["scores"] == score_example(
                     text, ex.middle, prefix=ex.prefix, suffix=ex.suffix, language=ex.language
@@ -157,6 +158,9 @@ def test_engines_without_a_tokenizer_render_through_the_runs_prompt_spec(
     assert list(report["models"]) == ["tuned"] and report["engine"]["name"] == "fixed"
     assert report["template"]["source"] == f"{tiny_run}/fimtune.json" and report["template"]["exact_token_counts"]
     assert report["template"]["budgets"] == meta.budgets and report["max_tokens"] == meta.budgets["max_middle_tokens"]
+    more = tmp_path / "more.json"  # a cap past the run's middle budget: the report gives the one that held
+    assert eval_cli(*args, "--max-tokens", "100000", "--limit", "2", "--out", str(more)) == 0
+    assert json.loads(more.read_text())["max_tokens"] == meta.budgets["max_middle_tokens"]
     spec = PromptSpec.from_run(tiny_run, load_tokenizer(tiny_run))
     examples = open_corpus(tiny_corpus).examples("test")
     rows = read_rows(out)

@@ -367,7 +367,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
 
     models, spec, engine_info = build_models(cfg)
     loaded = time.perf_counter()
-    max_tokens = cfg.max_tokens or spec.budgets.max_middle_tokens
+    # At most the middle budget the model was trained with (PromptSpec.request caps it): the report says so.
+    max_tokens = min(cfg.max_tokens or spec.budgets.max_middle_tokens, spec.budgets.max_middle_tokens)
+    if cfg.max_tokens > max_tokens:
+        log.warning("--max-tokens %d is more than the middle budget of the prompts: %d", cfg.max_tokens, max_tokens)
     try:
         requests = [spec.request(ex, max_tokens) for ex in examples]  # one rendering, shared by every model
     except FimFormatError as e:
