@@ -557,3 +557,26 @@ def test_validation_is_whole_training_files_never_the_test_split() -> None:
     assert {e.path for e in split_validation(mixed, 256, seed=0)[1]} == {"one.py", "two.py"}  # 3 fit, 30 do not
     one_file = examples[:10]
     assert split_validation(one_file, 256, seed=0) == (one_file, [])  # the last file always trains
+
+
+@pytest.mark.parametrize(
+    ("processes", "averaged", "items", "expected"),
+    [(1, True, 8, 3.0), (2, True, 8, 6.0), (2, False, 8, 3.0), (2, True, None, 3.0)],
+)
+def test_end_weighted_loss_is_scaled_across_processes_as_the_trainers_own(
+    processes: int, averaged: bool, items: int | None, expected: float
+) -> None:
+    """With the token count gathered over N processes the loss is per token of all of them, and DDP averages the
+    gradients: Trainer.compute_loss multiplies by N, and the end-weighted loss that replaces it must too."""
+    from types import SimpleNamespace
+
+    from fimtune.train.sft import EndWeightedSFTTrainer
+
+    fake = SimpleNamespace(
+        args=SimpleNamespace(average_tokens_across_devices=averaged, n_gpu=1),
+        accelerator=SimpleNamespace(num_processes=processes),
+        get_tp_size=lambda: 1,
+        end_loss=lambda outputs, labels, num_items_in_batch: torch.tensor(3.0),
+    )
+    loss = EndWeightedSFTTrainer.compute_loss(fake, lambda **kw: None, {"labels": None}, num_items_in_batch=items)  # type: ignore[arg-type]
+    assert float(loss) == expected

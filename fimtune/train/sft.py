@@ -419,6 +419,11 @@ class EndWeightedSFTTrainer(SFTTrainer):
     ) -> Any:
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         loss = self.end_loss(outputs, inputs["labels"], num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As Trainer.compute_loss: the loss was divided by the tokens of every process, and DDP averages the
+            # gradients over the processes, so it is multiplied back (without this, N processes train at 1/N).
+            scale = self.accelerator.num_processes // self.get_tp_size()
+            loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
 
