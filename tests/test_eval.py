@@ -256,3 +256,17 @@ def test_a_served_model_named_only_by_its_template_gets_the_same_prompt_in_eval_
     served, evaluated = prompt_spec(engine, settings), _spec_without_engine(cfg)
     assert served.tokenizer is None and evaluated.tokenizer is None  # the same estimate, on both sides
     assert served.render(fim).prompt.encode() == evaluated.render(fim).prompt.encode()
+
+
+def test_a_corpus_built_with_other_context_settings_than_the_run_is_warned(
+    tiny_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fimtune.eval.run import _warn_if_context_differs
+
+    spec = PromptSpec.from_run(tiny_run)
+    assert spec.meta is not None and spec.meta.context
+    with caplog.at_level("WARNING", logger="fimtune.eval.run"):
+        _warn_if_context_differs({"config": {"context": dict(spec.meta.context)}}, spec)
+        assert not caplog.records
+        _warn_if_context_differs({"config": {"context": {**spec.meta.context, "max_chars": 1}}}, spec)
+    assert "other context settings" in caplog.text and "max_chars 1 vs" in caplog.text

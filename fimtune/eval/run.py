@@ -357,6 +357,21 @@ def compare(base: dict[str, list[dict[str, Any]]], tuned: dict[str, list[dict[st
     return out
 
 
+def _warn_if_context_differs(manifest: dict[str, Any], spec: PromptSpec) -> None:
+    """The corpus holds each example's context as its build retrieved it: where the run was trained with other
+    context settings, eval prompts differ from training's (and serving's)."""
+    built = (manifest.get("config") or {}).get("context")
+    if spec.meta is None or not spec.meta.context or not isinstance(built, dict):
+        return
+    changed = sorted(k for k in built.keys() | spec.meta.context.keys() if built.get(k) != spec.meta.context.get(k))
+    if changed:
+        log.warning(
+            "the corpus was built with other context settings than the run was trained with (%s): its stored "
+            "context is not what the run's prompts hold; rebuild it with the run's settings for a like-for-like eval",
+            ", ".join(f"{k} {built.get(k)!r} vs {spec.meta.context.get(k)!r}" for k in changed),
+        )
+
+
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     """Run `fimtune eval` and write its report; raises EvalError on bad input or a failing engine."""
     from tqdm import tqdm
@@ -367,6 +382,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
 
     models, spec, engine_info = build_models(cfg)
     loaded = time.perf_counter()
+    _warn_if_context_differs(corpus.manifest, spec)
     # At most the middle budget the model was trained with (PromptSpec.request caps it): the report says so.
     max_tokens = min(cfg.max_tokens or spec.budgets.max_middle_tokens, spec.budgets.max_middle_tokens)
     if cfg.max_tokens > max_tokens:
