@@ -11,7 +11,7 @@ from typing import Any
 
 from fimtune.languages import LANGUAGES, language_for_path
 from fimtune.records import FimExample, Snippet
-from fimtune.tokenizer import ApproxCounter, FimTokenizer, TokenCounter, as_fim_tokenizer, control_tokens
+from fimtune.tokenizer import CONTROL_TOKENS, ApproxCounter, FimTokenizer, TokenCounter, as_fim_tokenizer
 
 # Bump when the bytes a given (template, request, budgets) renders to change; fimtune.json records it.
 # 2: the blanks that end the prefix (spaces and tabs after its last newline) open the middle instead.
@@ -676,7 +676,7 @@ def spells_control_token(rendered: Rendered) -> bool:
 
 @functools.cache
 def _control_pattern() -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(t) for t in sorted(control_tokens(), key=len, reverse=True)))
+    return re.compile("|".join(re.escape(t) for t in sorted(CONTROL_TOKENS, key=len, reverse=True)))
 
 
 def prompt_ids(template: FimTemplate | str, rendered: Rendered, tokenizer: object) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -102,12 +101,40 @@ def _text_copy(tok: tokenizers.Tokenizer, control: frozenset[str]) -> tokenizers
     return tokenizers.Tokenizer.from_str(json.dumps(data))
 
 
-@functools.cache
-def control_tokens() -> frozenset[str]:
-    """Every token a FIM template of fimtune writes (sentinels, end and BOS tokens of every family)."""
-    from fimtune.fim_format import TEMPLATES  # fim_format builds on this module
-
-    return frozenset(token for t in TEMPLATES.values() for token in t.tokens())
+# Every token a FIM template of fimtune writes (sentinels, end and BOS tokens of every family): text that spells
+# one is encoded as its characters. Data here, below the templates that use it; tests/test_fim_format.py checks
+# that it is exactly the tokens of fim_format.TEMPLATES.
+CONTROL_TOKENS = frozenset(
+    {
+        "</s>",
+        "<bos>",
+        "<file_sep>",
+        "<fim_middle>",
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<repo_name>",
+        "<s>",
+        "<|endoftext|>",
+        "<|file_separator|>",
+        "<|file_sep|>",
+        "<|fim_middle|>",
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|pad|>",
+        "<|repo_name|>",
+        "<\uff5cbegin\u2581of\u2581sentence\uff5c>",
+        "<\uff5cend\u2581of\u2581sentence\uff5c>",
+        "<\uff5cfim\u2581begin\uff5c>",
+        "<\uff5cfim\u2581end\uff5c>",
+        "<\uff5cfim\u2581hole\uff5c>",
+        "[PREFIX]",
+        "[SUFFIX]",
+        "\u2581<EOT>",
+        "\u2581<MID>",
+        "\u2581<PRE>",
+        "\u2581<SUF>",
+    }
+)
 
 
 class TokenizersAdapter:
@@ -116,7 +143,7 @@ class TokenizersAdapter:
     def __init__(self, tok: tokenizers.Tokenizer, name: str = "tokenizer", template: str | None = None) -> None:
         self.name = name
         added = tok.get_added_tokens_decoder().values()
-        self._tok = _text_copy(tok, control_tokens())
+        self._tok = _text_copy(tok, CONTROL_TOKENS)
         self._template = template
         self._added = {t.content for t in added}
         # Which added tokens text would turn into (what a template token must be), read before text is text.

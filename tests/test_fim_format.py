@@ -455,3 +455,9 @@ def test_real_qwen_tokenizer_reads_its_fim_tokens_in_code_as_text() -> None:
     assert not {tok.token_to_id(x) for x in TEMPLATES["qwen2.5-coder"].tokens()} & set(ids)
     assert tok.decode(ids) == text
     assert tok.encode("def f(x):\n    return x\n") == raw.encode("def f(x):\n    return x\n").ids  # code as before
+
+
+def test_the_control_tokens_text_never_becomes_are_every_templates_tokens() -> None:
+    from fimtune.tokenizer import CONTROL_TOKENS
+
+    assert {token for t in TEMPLATES.values() for token in t.tokens()} == CONTROL_TOKENS
