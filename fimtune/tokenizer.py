@@ -210,7 +210,7 @@ class SlowTokenizerAdapter:
 def as_fim_tokenizer(tok: object) -> FimTokenizer:
     """Wrap a `tokenizers.Tokenizer` or a transformers tokenizer; adapters pass through unchanged.
 
-    Wrapping copies SentencePiece-style tokenizers, so adapt once and reuse the result.
+    Wrapping copies the tokenizer (its text copy: see TokenizersAdapter), so adapt once and reuse the result.
     """
     if isinstance(tok, TokenizersAdapter | SlowTokenizerAdapter):
         return tok
