@@ -341,7 +341,9 @@ def line_mode(prefix: str, suffix: str, language: str) -> str:
     after = _rest_of_line(suffix).strip()
     if after.strip(")]};,"):
         return "single"
-    before = prefix[prefix.rfind("\n") + 1 :]
+    # The cursor's line up to the cursor, at most WINDOW_CHARS of it: a 5 MB minified line is one line, and
+    # lexing all of it for a trailing comment took a second per keystroke.
+    before = prefix[max(prefix.rfind("\n") + 1, len(prefix) - WINDOW_CHARS) :]
     if not before.strip():
         return "multi"
     syntax = SYNTAX.get(language)
