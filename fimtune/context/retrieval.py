@@ -9,10 +9,10 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import accumulate, chain
+from itertools import chain
 
 from fimtune.config import ContextConfig, check
-from fimtune.context.files import TOKEN_RE, Definition, FileIndex, imports_of, tokenize
+from fimtune.context.files import TOKEN_RE, Definition, FileIndex, imports_of, line_starts, tokenize
 from fimtune.context.imports import RESOLVERS, Paths, imported_names
 from fimtune.context.store import WindowStore
 from fimtune.records import Snippet
@@ -123,14 +123,13 @@ class _LineTokens:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        lines = text.split("\n")
-        self.starts = list(accumulate((len(line) + 1 for line in lines[:-1]), initial=0))  # of each line
-        self.lines = [TOKEN_RE.findall(line) for line in lines]
+        self.starts = line_starts(text)  # line i is text[starts[i]:starts[i + 1] - 1]; one entry per line, then one
+        self.lines = [TOKEN_RE.findall(line) for line in text.split("\n")]
 
     def query_tokens(self, end: int, start: int, query_lines: int) -> tuple[set[str], set[str]] | None:
         """`query_tokens(text[:end], text[start:], query_lines)`; None where a cut of LINES_MAX_CHARS falls inside
         a line (the caller computes those few from the text)."""
-        text, starts = self.text, self.starts
+        text, starts, n_lines = self.text, self.starts, len(self.lines)
         at = bisect_right(starts, end) - 1  # the line the prefix ends in
         first = max(0, at - _AROUND_LINES * query_lines + 1)  # the first line of `before`
         if end - starts[first] > LINES_MAX_CHARS:
@@ -141,12 +140,10 @@ class _LineTokens:
         around = near.union(*self.lines[first:query_first])
         # The suffix: the rest of its first line, then whole lines, query_lines lines in all.
         line = bisect_right(starts, start) - 1
-        last = min(line + query_lines, len(starts))  # lines line..last-1
-        stop = starts[last] - 1 if last < len(starts) else len(text)
-        if stop - start > LINES_MAX_CHARS:
+        last = min(line + query_lines, n_lines)  # lines line..last-1
+        if starts[last] - 1 - start > LINES_MAX_CHARS:
             return None  # _head_lines cuts inside a line
-        line_end = starts[line + 1] - 1 if line + 1 < len(starts) else len(text)
-        around.update(TOKEN_RE.findall(text, start, line_end), *self.lines[line + 1 : last])
+        around.update(TOKEN_RE.findall(text, start, starts[line + 1] - 1), *self.lines[line + 1 : last])
         return near, around
 
 
