@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from fimtune.corpus.read import open_corpus
     from fimtune.engines.base import EngineSettings
-    from fimtune.engines.local import LocalEngine
+    from fimtune.engines.local import LocalEngine, on_model_thread
     from fimtune.eval.run import EvalConfig, pick, run_eval
     from fimtune.fim_format import prompt_ids
 
@@ -113,7 +113,7 @@ def main() -> None:
             "engine with its defaults (prompt lookup, prompt cache), no stop strings": (defaults, plain, False),
         }
         ids = [prompt_ids(spec.template, r.rendered, engine.fim_tokenizer) for r in requests]
-        bare_generate(engine.model, ids[0], 4, end_ids, pad_id)  # warm-up
+        on_model_thread(bare_generate, engine.model, ids[0], 4, end_ids, pad_id)  # warm-up
         names = ["bare model.generate", *variants]
         rounds: list[dict[str, float]] = []
         tokens: dict[str, int] = dict.fromkeys(names, 0)
@@ -122,7 +122,7 @@ def main() -> None:
             tokens = dict.fromkeys(names, 0)
             for i, prompt in enumerate(ids):  # interleaved, so load changes hit every variant alike
                 t = time.perf_counter()
-                bare = bare_generate(engine.model, prompt, args.max_tokens, end_ids, pad_id)
+                bare = on_model_thread(bare_generate, engine.model, prompt, args.max_tokens, end_ids, pad_id)
                 seconds["bare model.generate"] += time.perf_counter() - t
                 tokens["bare model.generate"] += len(bare)
                 for name, (eng, reqs, exact) in variants.items():

@@ -46,6 +46,13 @@ named in `Processed.cuts`):
    MAX_WINDOW_ERRORS (25) errors, accepted without a verdict (the window is not code tree-sitter can read, e.g.
    the middle of a 200-line docstring); otherwise the baseline is reparsed incrementally and the counts compared.
 
+**Settled** (`Settled`): whether more text could still change what these rules keep, asked while a completion is
+generated so that the engine stops once they have decided (the same answer, sooner). In single-line mode, once
+the first line has ended. In multi-line mode, once block exit cuts the text and the line the cut lies on has ended
+(a cut at a line start, or at the end of a line, is then fixed: the lexer, the indentation and the bracket depth of
+everything before it are read from complete lines). The rules after block exit only read the text it kept, so
+they give the same answer too. Repeats and max_lines are not used to stop early: a longer text can move them.
+
 `line_mode` rules ("auto"): the completion is multi-line when the rest of the cursor's line is blank (or holds only
 closing brackets and `;`/`,`, as after an editor's auto-closed `{}`), and either the cursor's line is blank before
 the cursor too, or the code before the cursor (comment stripped) ends with one of the language's block openers
@@ -588,6 +595,35 @@ def _common_start(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+class Settled:
+    """A predicate on the text generated so far for one cursor: True once the stop rules have decided, so that
+    `postprocess` gives the same answer for it as for any longer text that starts with it (module docstring).
+    Cheap when called after every token: it looks again only when a line has ended since the last call."""
+
+    def __init__(
+        self, prefix: str, suffix: str, language: str, rules: StopRules = StopRules(), *, lead: str = ""
+    ) -> None:
+        self.mode = line_mode(prefix, suffix, language) if rules.mode == "auto" else rules.mode
+        self.block = rules.block
+        self.language = language
+        self.lead = lead
+        self._windows = (prefix_window(prefix, language), suffix_window(suffix))
+        self._lines = 0  # newlines seen at the last look
+        self.held = False  # it has answered True
+
+    def __call__(self, completion: str) -> bool:
+        text = completion[_common_start(self.lead, completion) :] if self.lead else completion
+        lines = text.count("\n")
+        if lines == self._lines:
+            return self.held
+        self._lines = lines
+        if self.mode == "single":
+            self.held = True
+        elif self.block:
+            self.held = text.find("\n", len(_block_exit(text, *self._windows, self.language))) >= 0
+        return self.held
 
 
 def postprocess(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class EngineRequest:
     # a server reading the text would make that spelling the token itself, so engines that take ids send these
     # (as training encodes it: the characters). None otherwise, or where the prompt's tokenizer is not known.
     prompt_ids: tuple[int, ...] | None = None
+    # Asked with the text generated so far (after every token or streamed chunk): True once the caller's stop rules
+    # have decided (`postprocess.Settled`), and the engine ends there (stop reason "stop"). The language server sets
+    # it; eval does not, as it scores the raw completion too.
+    settled: Callable[[str], bool] | None = None
 
 
 @dataclass

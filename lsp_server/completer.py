@@ -33,7 +33,7 @@ from typing import Any
 from fimtune.engines.base import EngineError, EngineRequest
 from fimtune.fim_format import FimFormatError, FimRequest
 from fimtune.languages import LANGUAGES, language_for_path
-from fimtune.postprocess import StopRules, line_mode, postprocess
+from fimtune.postprocess import Settled, StopRules, line_mode, postprocess
 from fimtune.records import Snippet
 from lsp_server.documents import utf8_offset, without_lone_surrogates
 from lsp_server.engine_host import EngineHost, Loaded
@@ -286,6 +286,7 @@ class Completer:
                 "answered",
                 "empty",
                 "model_calls",
+                "settled",  # model calls the stop rules ended early (they had decided: the same answer, sooner)
                 "cache_hits",
                 "type_through",
                 "superseded",
@@ -446,13 +447,17 @@ class Completer:
             t = self._time("context", t)
         fim = FimRequest.at_cursor(repo, rel, cursor.language, text, byte_offset, snippets)
         request = loaded.spec.request(fim, settings.max_tokens)
-        if self.rules.mode == "single" or (
-            self.rules.mode == "auto" and line_mode(fim.prefix, fim.suffix, cursor.language) == "single"
-        ):
+        mode = self.rules.mode if self.rules.mode != "auto" else line_mode(fim.prefix, fim.suffix, cursor.language)
+        if mode == "single":
             # The stop rules keep the first line only: the engine stops at the newline instead of writing lines
             # that would be cut (the same text, sooner).
             # First: an OpenAI-style server takes only four stop strings (the client cuts at all of them).
             request = replace(request, stop=("\n", *request.stop))
+        else:
+            # The engine stops once the stop rules have decided (block exit): the same answer, sooner.
+            rules = replace(self.rules, mode=mode)
+            settled = Settled(fim.prefix, fim.suffix, cursor.language, rules, lead=request.rendered.lead)
+            request = replace(request, settled=settled)
         if timed:
             self._time("render", t)
         return fim, request
@@ -505,6 +510,8 @@ class Completer:
             self.host.answered(loaded.generation, None)
             if completion.stop_reason == "cancelled" or cancel.is_set():
                 return None
+            if isinstance(request.settled, Settled) and request.settled.held:
+                self._count("settled")
             raw = without_lone_surrogates(completion.text)  # an engine's "\ud800" must not fail the answer
             self._cache.put(key, raw)
         else:

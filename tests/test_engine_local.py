@@ -108,6 +108,22 @@ def test_end_token_and_template_tokens_never_reach_the_text(base: LocalEngine, t
     assert "<|endoftext|>" not in done.text
 
 
+def test_settled_ends_the_text_where_it_first_holds(base: LocalEngine) -> None:
+    raw = base.complete(request(base, stop=(), max_tokens=48))
+    seen: list[str] = []
+
+    def settled(text: str) -> bool:
+        seen.append(text)
+        return len(text) >= 6
+
+    cut = base.complete(request(base, stop=(), max_tokens=48, settled=settled))
+    assert cut.stop_reason == "stop" and len(cut.text) >= 6 and raw.text.startswith(cut.text)
+    assert cut.completion_tokens is not None and cut.completion_tokens < 48
+    assert seen[-1] == cut.text and all(len(t) < 6 for t in seen[:-1])  # asked after every pass, all the text
+    never = base.complete(request(base, stop=(), max_tokens=48, settled=lambda text: False))
+    assert (never.text, never.stop_reason) == (raw.text, "length")
+
+
 def test_max_tokens_is_respected(base: LocalEngine) -> None:
     for n in (1, 7):
         c = base.complete(request(base, stop=(), max_tokens=n))
@@ -220,6 +236,37 @@ def test_out_of_memory_is_one_engine_error_and_the_engine_goes_on(
             base.complete(request(base, max_tokens=3))
     assert not base._prompt_cache.entries  # nothing kept from before the failure
     assert (base.complete(request(base, max_tokens=3)).completion_tokens or 0) >= 1
+
+
+def test_every_call_runs_the_model_on_the_engines_one_thread(
+    base: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever thread calls (the language server's workers take turns), the model runs on one thread: OpenMP
+    keeps a team of threads per calling thread, and teams spin against each other."""
+    import fimtune.engines.local as local
+
+    ran: list[int] = []
+    real = local.decode
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        ran.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    callers: list[int] = []
+
+    def call() -> None:
+        callers.append(threading.get_ident())
+        base.complete(request(base, max_tokens=2))
+
+    with monkeypatch.context() as m:
+        m.setattr(local, "decode", recording)
+        call()
+        for _ in range(3):
+            worker = threading.Thread(target=call)
+            worker.start()
+            worker.join()
+    assert len(ran) == 4 and len(set(ran)) == 1
+    assert not set(ran) & set(callers)
 
 
 def test_a_stop_string_early_in_a_long_pass_is_seen(base: LocalEngine) -> None:

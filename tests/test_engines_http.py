@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +22,7 @@ from fimtune.engines.llamacpp import LlamaCppEngine
 from fimtune.engines.ollama import OllamaEngine
 from fimtune.engines.openai import OpenAIEngine
 from fimtune.fim_format import Budgets, FimRequest, get_template, prompt_ids
+from fimtune.postprocess import Settled, postprocess
 from fimtune.prompting import PromptSpec
 from fimtune.records import Snippet
 from fimtune.tokenizer import as_fim_tokenizer, byte_tokenizer_for
@@ -467,6 +468,21 @@ def test_a_stop_string_closes_the_stream_so_the_server_stops(serve: Callable[[st
     assert (result.text, result.stop_reason) == ("ab", "stop")
     assert time.perf_counter() - start < 1.0  # not the 2 s the whole answer takes
     assert fake.closed_early.wait(2)
+
+
+def test_settled_ends_the_answer_and_closes_the_stream(serve: Callable[[str], FakeServer], backend: str) -> None:
+    """The request's `settled` predicate (the language server's stop rules) is asked as text streams in: once it
+    holds, the answer ends there and the connection closes, so the server stops generating."""
+    fake = serve(backend)
+    fake.script = Script(chunks=["    y = x\n", "    return y\n", "def g", "():\n", *["    pass\n"] * 100], gap_s=0.02)
+    prefix = "def f(x):\n"
+    settled = Settled(prefix, "\n", "python")
+    start = time.perf_counter()
+    result = engine_for(backend, fake.endpoint).complete(replace(fim_request(prefix), settled=settled))
+    assert (result.text, result.stop_reason) == ("    y = x\n    return y\ndef g():\n", "stop")
+    assert time.perf_counter() - start < 1.0  # not the 2 s the whole answer takes
+    assert fake.closed_early.wait(2)
+    assert postprocess(result.text, prefix, "\n", "python").text == "    y = x\n    return y"
 
 
 @pytest.mark.parametrize(

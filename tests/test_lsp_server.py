@@ -399,6 +399,24 @@ async def test_a_single_line_cursor_stops_the_engine_at_the_newline(client: Lang
     assert "\n" not in multi["stop"]
 
 
+async def test_the_engine_ends_where_the_stop_rules_have_decided(client: LanguageClient, workspace: Path) -> None:
+    """A multi-line cursor: the engine is asked after every piece whether the stop rules have decided, and ends
+    there (counted in `settled`); the answer is what the whole text would give."""
+    text = "y = a + 1\n    return y\n\ndef g():\n    return 2\n"
+    await configure(client, fixed={"text": text})
+    uri = open_doc(client, workspace, "def f(a):\n    \n")
+    before = await stats(client)
+    [item] = await inline(client, uri, 1, 4)
+    assert item.insert_text == "y = a + 1\n    return y"
+    after = await stats(client)
+    assert after["settled"] == before["settled"] + 1 and after["model_calls"] == before["model_calls"] + 1
+    await configure(client, fixed={"text": "y = a + 1\n    return y\n"})
+    uri = open_doc(client, workspace, "def f(a):\n    \n", name="f2.py")
+    [item] = await inline(client, uri, 1, 4)
+    assert item.insert_text == "y = a + 1\n    return y"
+    assert (await stats(client))["settled"] == after["settled"]  # nothing to decide: the engine ran to its end
+
+
 async def test_unicode_positions(client: LanguageClient, workspace: Path) -> None:
     await configure(client)
     line = "s = '😀中文' + x"

@@ -3,18 +3,21 @@ the rule switches, the syntax window and its cost on a 5 MB file."""
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from fimtune.languages import parse
+from fimtune.languages import language_for_path, parse
 from fimtune.postprocess import (
     CUT_NAMES,
     MAX_WINDOW_ERRORS,
     SYNTAX,
     WINDOW_LINES,
     Processed,
+    Settled,
     StopRules,
     adds_syntax_errors,
     line_mode,
@@ -575,3 +578,74 @@ def test_the_lead_rendering_moved_into_the_middle_is_not_inserted_twice() -> Non
     assert postprocess("    run()\n", body, "\n", "python", lead="    ").text == "run()"
     assert postprocess("  run()\n", body, "\n", "python", lead="    ").text == "run()"  # part of it
     assert postprocess(" b", prefix, suffix, "python").text == " b"  # no lead: nothing dropped
+
+
+# ---------------------------------------------------------------- Settled: the engine may stop once it holds
+
+_REPOS = Path(__file__).resolve().parent / "fixtures" / "repos"
+_SOURCES = [
+    *sorted((Path(__file__).resolve().parent.parent / "fimtune").rglob("*.py"))[:12],
+    *sorted(p for p in _REPOS.rglob("*") if p.is_file() and language_for_path(str(p)) is not None),
+]
+
+
+def _settle_cases(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """(language, prefix, suffix, completion): a cursor at the end of a line or on a blank line of real code (the
+    multi-line places) and some inside lines; the completion is what really follows (the middle, then the
+    suffix's start, as a model that writes on does), or text from elsewhere in the file."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        path = rng.choice(_SOURCES)
+        language = language_for_path(str(path))
+        assert language is not None
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        if len(lines) < 12:
+            continue
+        k = rng.randrange(2, len(lines) - 8)
+        at = sum(map(len, lines[:k]))
+        pos = at + rng.choice([len(lines[k].rstrip("\n")), 0, 0, rng.randrange(0, max(1, len(lines[k])))])
+        end = sum(map(len, lines[: k + rng.randrange(1, 6)])) - 1  # the suffix starts with a line's newline
+        if rng.random() < 0.8:
+            completion = text[pos : pos + 400]
+        else:
+            other = rng.randrange(0, max(1, len(text) - 400))
+            completion = text[other : other + 400]
+        out.append((language, text[:pos], text[max(pos, end) :], completion))
+    return out
+
+
+def test_settled_text_gets_the_answer_of_any_longer_one() -> None:
+    """Where `Settled` first holds, postprocess gives what it gives for every longer text (so the engine may
+    stop there), in every language, for real code completed by what really follows it."""
+    fired = multi = 0
+    for language, prefix, suffix, completion in _settle_cases(160):
+        check = Settled(prefix, suffix, language)
+        multi += check.mode == "multi"
+        at = next((k for k in range(1, len(completion) + 1) if check(completion[:k])), None)
+        if at is None:
+            continue
+        fired += check.mode == "multi"
+        settled = postprocess(completion[:at], prefix, suffix, language)
+        for k in [*range(at + 1, len(completion), 23), len(completion)]:
+            longer = postprocess(completion[:k], prefix, suffix, language)
+            assert (longer.text, longer.cuts) == (settled.text, settled.cuts), (language, prefix[-80:], completion)
+    assert multi >= 60 and fired >= multi // 4  # the multi-line places stop early often enough to matter
+
+
+def test_settled_in_single_line_mode_holds_at_the_first_newline() -> None:
+    check = Settled("x = compute(", ")\n", "python")
+    assert check.mode == "multi"
+    single = Settled("total = ", "\n", "python")
+    assert single.mode == "single"
+    assert not single("a + b") and single("a + b\n")
+    blocky = Settled("def f(x):\n    y = 1\n", "\ndef g():\n    pass\n", "python")
+    assert not blocky("    return y\n")  # still in the block
+    assert not blocky("    return y\ndef")  # the dedented line has not ended
+    assert blocky("    return y\ndef h():\n")
+    assert postprocess(
+        "    return y\ndef h():\n", "def f(x):\n    y = 1\n", "\ndef g():\n    pass\n", "python"
+    ).text == ("    return y")
+    off = Settled("def f(x):\n    y = 1\n", "\n", "python", StopRules(block=False))
+    assert not off("    return y\ndef h():\n    pass\n")

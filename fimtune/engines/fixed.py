@@ -38,6 +38,10 @@ class FixedEngine:
         cuts = [i for i in (text.find(s) for s in request.stop if s) if i >= 0]
         if cuts:
             text, reason = text[: min(cuts)], "stop"
+        if request.settled is not None:  # as a streaming engine asks it: after every piece (here a character)
+            done = next((k for k in range(1, len(text) + 1) if request.settled(text[:k])), None)
+            if done is not None and done < len(text):
+                text, reason = text[:done], "stop"
         if len(text) > request.max_tokens:
             text, reason = text[: request.max_tokens], "length"
         return Completion(text, reason, time.perf_counter() - start, completion_tokens=len(text))

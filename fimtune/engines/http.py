@@ -51,8 +51,11 @@ Decoder = Callable[[dict[str, Any]], Delta]
 class StopMatcher:
     """Accumulates streamed text and cuts it at the first stop string, also one split across two chunks."""
 
-    def __init__(self, stops: tuple[str, ...], max_chars: int = 0) -> None:
+    def __init__(
+        self, stops: tuple[str, ...], max_chars: int = 0, settled: Callable[[str], bool] | None = None
+    ) -> None:
         self.stops = tuple(dict.fromkeys(s for s in stops if s))
+        self.settled = settled  # the request's predicate (EngineRequest.settled): True ends the text where it is
         self._longest = max((len(s) for s in self.stops), default=0)
         self.max_chars = max_chars  # 0: no cap
         self.text = ""
@@ -60,8 +63,8 @@ class StopMatcher:
         self.capped = False  # stopped at max_chars rather than at a stop string
 
     def feed(self, chunk: str) -> bool:
-        """Add a chunk; True once a stop string has been seen (the text then ends just before it) or the text has
-        reached max_chars (it is then cut there)."""
+        """Add a chunk; True once a stop string has been seen (the text then ends just before it), the text has
+        reached max_chars (it is then cut there), or `settled` says the text so far is enough."""
         if self.stopped or not chunk:
             return self.stopped
         if self.max_chars and len(self.text) + len(chunk) > self.max_chars:
@@ -76,6 +79,8 @@ class StopMatcher:
         if self.max_chars and len(self.text) >= self.max_chars:
             self.text = self.text[: self.max_chars]
             self.stopped = self.capped = True
+        if not self.stopped and self.settled is not None and self.settled(self.text):
+            self.stopped = True
         return self.stopped
 
 
@@ -165,10 +170,10 @@ class _Call:
     the connection is opened, or, on a reused keep-alive connection, from the response's `network_stream` once
     the headers are in (a cancel before that returns at once all the same; the reader hangs up at the headers)."""
 
-    def __init__(self, stops: tuple[str, ...], max_chars: int) -> None:
+    def __init__(self, stops: tuple[str, ...], max_chars: int, settled: Callable[[str], bool] | None) -> None:
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.matcher = StopMatcher(stops, max_chars)
+        self.matcher = StopMatcher(stops, max_chars, settled)
         self.finish: StopReason | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -293,16 +298,18 @@ class HttpStream:
         decode: Decoder,
         cancel: threading.Event | None = None,
         max_tokens: int = 0,
+        settled: Callable[[str], bool] | None = None,
     ) -> Completion:
         """POST `body` as JSON to endpoint+path and read the streamed answer until the server ends it, a stop
-        string appears (the connection is then closed so the server stops), `cancel` is set or timeout_s passes.
+        string appears or `settled` holds (the connection is then closed so the server stops), `cancel` is set or
+        timeout_s passes.
         The text is cut at max_tokens x MAX_CHARS_PER_TOKEN characters whatever the server sends. A server that
         ignores `stream` and answers one JSON object is read as that object."""
         start = time.perf_counter()
         if cancel is not None and cancel.is_set():
             return Completion("", "cancelled", 0.0)
         url = self.url(path)
-        call = _Call(stops, max_tokens * MAX_CHARS_PER_TOKEN)
+        call = _Call(stops, max_tokens * MAX_CHARS_PER_TOKEN, settled)
         reader = threading.Thread(
             target=self._read, args=(call, url, body, payloads, decode), name=f"fimtune-{self.engine}", daemon=True
         )

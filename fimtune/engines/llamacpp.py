@@ -84,7 +84,14 @@ class LlamaCppEngine:
             body["model"] = self.settings.model
         body = merge_extra(body, self.settings.extra)
         return self.http.post(
-            "/infill", body, stops, sse_payloads, decode_message, cancel, max_tokens=request.max_tokens
+            "/infill",
+            body,
+            stops,
+            sse_payloads,
+            decode_message,
+            cancel,
+            max_tokens=request.max_tokens,
+            settled=request.settled,
         )
 
     def check(self) -> None:

@@ -56,7 +56,14 @@ class OllamaEngine:
         }
         body = merge_extra(body, self.settings.extra)
         return self.http.post(
-            "/api/generate", body, stops, ndjson_payloads, decode_line, cancel, max_tokens=request.max_tokens
+            "/api/generate",
+            body,
+            stops,
+            ndjson_payloads,
+            decode_line,
+            cancel,
+            max_tokens=request.max_tokens,
+            settled=request.settled,
         )
 
     def check(self) -> None:
