@@ -42,9 +42,11 @@ named in `Processed.cuts`):
    of the suffix. The prefix window starts at its first line that begins with a word at the smallest indentation
    such lines have in it (`prefix_window`), so that it does not start inside a docstring or block comment. Both
    sides are parsed with the same window, so errors caused by the cut (a stray `}` of a function whose start is
-   outside) count on both sides. The completed window is parsed first: no error, accepted; more than
-   MAX_WINDOW_ERRORS (25) errors, accepted without a verdict (the window is not code tree-sitter can read, e.g.
-   the middle of a 200-line docstring); otherwise the baseline is reparsed incrementally and the counts compared.
+   outside) count on both sides. The completed window is parsed first: no error, accepted; otherwise the
+   baseline is reparsed incrementally and the counts compared, except where the baseline has more than
+   MAX_WINDOW_ERRORS (25) errors: accepted without a verdict (the window is not code tree-sitter can read, e.g. the
+   middle of a 200-line docstring). A completion that turns a readable window into one with more errors than that
+   (a docstring it opens and does not close) is rejected.
 
 **Settled** (`Settled`): whether more text could still change what these rules keep, asked while a completion is
 generated so that the engine stops once they have decided (the same answer, sooner). In single-line mode, once
@@ -568,8 +570,6 @@ def _adds_errors(prefix_win: str, completion: str, suffix_win: str, language: st
     if not tree.root_node.has_error:
         return False
     added = _count_errors(tree.root_node, MAX_WINDOW_ERRORS)
-    if added > MAX_WINDOW_ERRORS:
-        return False  # the window is not code tree-sitter can read (inside a long string, a broken file): no verdict
     row, col = _point_after(pw)
     mrow, mcol = _point_after(mid)
     end_point = (row + mrow, mcol if mrow else col + mcol)
@@ -581,7 +581,10 @@ def _adds_errors(prefix_win: str, completion: str, suffix_win: str, language: st
         old_end_point=end_point,
         new_end_point=(row, col),
     )
-    return added > _count_errors(parser.parse(pw + sw, tree).root_node, added)
+    before = _count_errors(parser.parse(pw + sw, tree).root_node, min(added, MAX_WINDOW_ERRORS))
+    if before > MAX_WINDOW_ERRORS:
+        return False  # the window is not code tree-sitter can read (inside a long string, a broken file): no verdict
+    return added > before
 
 
 # ---------------------------------------------------------------- entry point

@@ -520,7 +520,7 @@ def test_window_does_not_start_in_a_string_whose_lines_look_like_code() -> None:
 
 def test_no_verdict_on_a_window_that_is_not_code() -> None:
     """The cursor is deep in a long docstring: read as code, the window has hundreds of errors, so nothing is
-    rejected (and the parse of the baseline is skipped)."""
+    rejected."""
     arg = (
         "        max_new_tokens (`int`, *optional*):\n            The maximum number of tokens, ignoring the prompt.\n"
     )
@@ -531,6 +531,22 @@ def test_no_verdict_on_a_window_that_is_not_code() -> None:
     assert (syntax_errors(prefix, "min_length (`int`", suffix, "python") or 0) > before  # would be rejected
     out = postprocess("min_length (`int`", prefix, suffix, "python")
     assert (out.text, out.cuts) == ("min_length (`int`", ())
+
+
+def test_a_completion_that_makes_readable_code_unreadable_is_rejected() -> None:
+    """A docstring the completion opens and does not close turns the rest of the window into string and the
+    string into code (more than MAX_WINDOW_ERRORS errors): rejected, since the window was code before."""
+    prefix = "class A:\n    def f(self):\n        "
+    suffix = "\n        return 0\n" + "".join(
+        f'\n    def g{i}(self, a, b):\n        """Sum {i} of a and b, in that order."""\n        return a + b + {i}\n'
+        for i in range(40)
+    )
+    completion = '"""Return the first value.\n\n        Args:\n            self: the object'
+    assert (syntax_errors(prefix, "", suffix, "python") or 0) <= MAX_WINDOW_ERRORS
+    assert (syntax_errors(prefix, completion, suffix, "python") or 0) > MAX_WINDOW_ERRORS
+    assert postprocess(completion, prefix, suffix, "python", StopRules(mode="multi")).cuts[-1] == "syntax_reject"
+    closed = '"""Return the first value."""\n        x = 1'
+    assert postprocess(closed, prefix, suffix, "python", StopRules(mode="multi")).text == closed
 
 
 def test_prefix_window_at_the_top_of_a_file_is_the_whole_prefix() -> None:
