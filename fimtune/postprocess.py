@@ -355,10 +355,20 @@ def line_mode(prefix: str, suffix: str, language: str) -> str:
     before = prefix[max(prefix.rfind("\n") + 1, len(prefix) - WINDOW_CHARS) :]
     if not before.strip():
         return "multi"
-    syntax = SYNTAX.get(language)
+    syntax, lexer = SYNTAX.get(language), _LEXERS.get(language)
     openers = syntax.line_openers if syntax else _DEFAULT_LINE_OPENERS
-    code = _strip_comment(_LEXERS.get(language), before).rstrip()
+    if lexer is not None and _in_string(lexer, before):
+        return "single"  # `f("a:` goes on with the string, not with a block
+    code = _strip_comment(lexer, before).rstrip()
     return "multi" if code.endswith(openers) else "single"
+
+
+def _in_string(lexer: re.Pattern[str], line: str) -> bool:
+    """The end of `line` is inside a string literal that opened on it (comments do not count)."""
+    skips = _lex(lexer, line + "\x01").skips  # a probe character: a literal that reaches it is still open
+    if not skips or skips[-1][1] <= len(line):
+        return False
+    return not line[skips[-1][0] :].startswith(("#", "//", "/*"))
 
 
 # ---------------------------------------------------------------- rules

@@ -368,6 +368,9 @@ LINE_MODES = [
     ("python", "if x:  # note", "\n", "multi"),  # the comment does not count
     ("python", "x = 1  # done:", "\n", "single"),  # a colon inside the comment does not open a block
     ("python", "s = 'a:'", "\n", "single"),  # nor inside a string
+    ("python", 'x = f("a:', "\n", "single"),  # nor inside a string still open at the cursor
+    ("python", "x = f(1,  # args:", "\n", "single"),  # a comment to the end of the line
+    ("python", "x = f(  # args", "\n", "multi"),
     ("python", "print(", ")\n", "multi"),  # only closing brackets after the cursor
     ("python", "foo(a, ", "b)\n", "single"),  # code after the cursor
     ("python", "    ", "x = 1\n", "single"),  # cursor in the indentation of a code line
@@ -376,6 +379,7 @@ LINE_MODES = [
     ("javascript", "const f = () =>", "\n", "multi"),
     ("javascript", "  case 1:", "\n", "multi"),
     ("javascript", "let x = 1;", "\n", "single"),
+    ("javascript", "const s = `a {", "\n", "single"),  # inside a template literal
     ("typescript", "type A = {", "\n", "multi"),
     ("typescript", "const n: number = ", "\n", "single"),
     ("go", "func f() {", "\n", "multi"),
