@@ -41,7 +41,10 @@ class EngineRequest:
     rendered: Rendered
     fim: FimRequest
     max_tokens: int = 64
-    stop: tuple[str, ...] = ()  # generation ends at the first of these (not included in the text)
+    # Generation ends at the first of these (not included in the text). The local engine ends at one that spells a
+    # special token (a template's sentinel) by the token's id, not by its characters in code; HTTP servers send
+    # both as the same text, so those engines match the text.
+    stop: tuple[str, ...] = ()
     temperature: float = 0.0  # 0: greedy
     # The prompt's token ids, where its text spells a template's token (a tokenizer's own source, a chat template):
     # a server reading the text would make that spelling the token itself, so engines that take ids send these

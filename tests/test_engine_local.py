@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,34 @@ def test_settled_ends_the_text_where_it_first_holds(base: LocalEngine) -> None:
     assert seen[-1] == cut.text and all(len(t) < 6 for t in seen[:-1])  # asked after every pass, all the text
     never = base.complete(request(base, stop=(), max_tokens=48, settled=lambda text: False))
     assert (never.text, never.stop_reason) == (raw.text, "length")
+
+
+def test_a_template_token_ends_at_its_id_not_at_its_characters(
+    base: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text is text: code that spells a sentinel (a tokenizer's source) is encoded as its characters, and a model
+    that writes those characters has not ended; the sentinel token itself ends the completion."""
+    import fimtune.engines.local as local
+    from fimtune.engines.decoding import Decoded
+
+    tok = base.fim_tokenizer
+    sentinel = tok.token_to_id("<|fim_prefix|>")
+    assert sentinel is not None
+    ids, text_stops = base._split_stops(("<|endoftext|>", " <|fim_prefix|>", "\n", "x"))
+    assert ids == {tok.token_to_id("<|endoftext|>"), sentinel} and text_stops == ("\n", "x")
+    spelled = tok.encode("a = '<|fim_prefix|>'")
+    assert sentinel not in spelled and tok.decode(spelled) == "a = '<|fim_prefix|>'"
+
+    def writes(tokens: list[int], ended: bool) -> Callable[..., Decoded]:
+        return lambda *args, **kwargs: Decoded(tokens, ended, 1)
+
+    with monkeypatch.context() as m:
+        m.setattr(local, "decode", writes(spelled, False))
+        out = base.complete(request(base, max_tokens=len(spelled)))
+        assert (out.text, out.stop_reason) == ("a = '<|fim_prefix|>'", "length")
+        m.setattr(local, "decode", writes([*tok.encode("a = "), sentinel], True))
+        out = base.complete(request(base, max_tokens=len(spelled)))
+        assert (out.text, out.stop_reason) == ("a = ", "stop")
 
 
 def test_max_tokens_is_respected(base: LocalEngine) -> None:

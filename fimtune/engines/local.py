@@ -157,6 +157,7 @@ class LocalEngine:
         self._prompt_cache = PromptCache(settings.prompt_cache)
         self._cache_arg = cache_argument(self.model)
         self._end_ids: dict[str, list[int]] = {}
+        self._stop_split: dict[tuple[str, ...], tuple[frozenset[int], tuple[str, ...]]] = {}
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         log.info(
@@ -240,6 +241,26 @@ class LocalEngine:
             ids = self._end_ids[template_name] = sorted({i for i in found if i is not None})
         return ids
 
+    def _split_stops(self, stops: tuple[str, ...]) -> tuple[frozenset[int], tuple[str, ...]]:
+        """The request's stop strings that spell a special token of the vocabulary (a template's sentinel, with or
+        without its spacing) as that token's id, and the others. Generation ends at the id, never at the
+        characters: as the text is encoded, code that spells `<PRE>` (HTML in a Javadoc) or `<|endoftext|>` (a
+        tokenizer's source) is text the model may write, not an end."""
+        split = self._stop_split.get(stops)
+        if split is None:
+            ids: set[int] = set()
+            text: list[str] = []
+            for stop in stops:
+                forms = (stop, stop.strip(), "\u2581" + stop.strip())  # SentencePiece: " <PRE>" is "▁<PRE>"
+                token = next((f for f in forms if f and self.fim_tokenizer.is_special(f)), None)
+                tid = self.fim_tokenizer.token_to_id(token) if token is not None else None
+                if tid is None:
+                    text.append(stop)
+                else:
+                    ids.add(tid)
+            split = self._stop_split[stops] = (frozenset(ids), tuple(text))
+        return split
+
     def _complete(
         self,
         request: EngineRequest,
@@ -257,6 +278,7 @@ class LocalEngine:
         except FimFormatError as e:
             raise EngineError(f"local engine: {e}") from None
         end_ids = self._end_token_ids(request.rendered.template)
+        stop_ids, stops = self._split_stops(request.stop)
         with self._locked(cancel) as got:
             if not got:
                 return Completion("", "cancelled", time.perf_counter() - start, len(ids), 0)
@@ -264,7 +286,7 @@ class LocalEngine:
                 raise EngineError("local engine: this engine was closed; build a new one")
             if request.max_tokens <= 0:
                 return Completion("", "length", time.perf_counter() - start, len(ids), 0)
-            watch = _Watch(self.fim_tokenizer, request.stop, cancel, request.settled)
+            watch = _Watch(self.fim_tokenizer, stops, cancel, request.settled)
             entry, kept = self._prompt_cache.take(weights, ids)
             cache = entry.cache if entry is not None else DynamicCache(config=self.model.config)
 
@@ -276,7 +298,7 @@ class LocalEngine:
                         cache,
                         kept,
                         max_new_tokens=request.max_tokens,
-                        end_ids=end_ids,
+                        end_ids=sorted(stop_ids.union(end_ids)),
                         lookup=self.settings.prompt_lookup,
                         temperature=request.temperature,
                         halt=watch,
@@ -301,8 +323,8 @@ class LocalEngine:
         generated = len(new)  # what the model produced, the end token or stop string included
         reason: StopReason = "length"
         if done.ended:
-            new, reason = new[:-1], "end"
-        text, cut = _cut_at_stops(self.fim_tokenizer.decode(new), request.stop)
+            new, reason = new[:-1], "end" if new[-1] in end_ids else "stop"
+        text, cut = _cut_at_stops(self.fim_tokenizer.decode(new), stops)
         if cut or watch.was_settled:
             reason = "stop"
         elif watch.cancelled and reason != "end":
