@@ -163,7 +163,9 @@ SYNTAX: dict[str, Syntax] = {
     "javascript": Syntax(
         "brackets",
         (*_C_FAMILY, "=>"),
-        (_LINE_COMMENT, _BLOCK_COMMENT, _JS_REGEX, _DQ, _SQ, r"`(?:\\[\s\S]|[^`\\])*`?"),
+        # No JavaScript string starts right after a word character (no prefixes): such a `'` is an apostrophe in
+        # JSX text (`<p>Don't {x}</p>`), which would otherwise hide the rest of its line.
+        (_LINE_COMMENT, _BLOCK_COMMENT, _JS_REGEX, _DQ, r"(?<![\w$])" + _SQ, r"`(?:\\[\s\S]|[^`\\])*`?"),
     ),
     "go": Syntax("brackets", _C_FAMILY, (_LINE_COMMENT, _BLOCK_COMMENT, _DQ, r"`[^`]*`?", _CHAR)),
     "rust": Syntax(

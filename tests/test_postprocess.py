@@ -380,6 +380,8 @@ LINE_MODES = [
     ("javascript", "  case 1:", "\n", "multi"),
     ("javascript", "let x = 1;", "\n", "single"),
     ("javascript", "const s = `a {", "\n", "single"),  # inside a template literal
+    ("tsx", "  <p>Don't {", "\n", "multi"),  # an apostrophe in JSX text opens no string
+    ("tsx", "  const s = 'a {", "\n", "single"),
     ("typescript", "type A = {", "\n", "multi"),
     ("typescript", "const n: number = ", "\n", "single"),
     ("go", "func f() {", "\n", "multi"),
