@@ -137,6 +137,13 @@ class WorkspaceIndex:
         """Index these folders (absolute paths) and the repositories of documents opened outside them; folders
         no longer listed are dropped."""
         self._roots = [os.path.abspath(r) for r in roots if r and os.path.isdir(r)]
+        # An open document whose folder was removed is a loose file now: its repository is indexed for it, as
+        # for one opened outside every folder.
+        for path in self._open:
+            if language_for_path(path) is not None and not any(_contains(root, path) for root in self._roots):
+                repo = repository_of(path)
+                if repo is not None:
+                    self._implicit.add(repo)
         self._update_folders()
 
     def _update_folders(self) -> None:

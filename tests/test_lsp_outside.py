@@ -163,6 +163,12 @@ async def test_workspace_folders_added_and_removed_keep_the_root_a_client_named(
     assert after["repo"] == "workspace" and "helpers.py" in [c["path"] for c in after["context"]]
     assert (await stats(lsp))["index"]["folders"] == 2  # ws and the added folder
     _folders_changed(lsp, [], [folders["other"]])
+    # The document still open there is a loose file now: its repository is indexed for it, as for one opened
+    # outside every folder, until it closes.
+    p = await _context_paths(lsp, other_uri, 2, "lib/quux.py")
+    assert p["repo"] == "ledger" and "lib/quux.py" in [c["path"] for c in p["context"]]
+    assert (await stats(lsp))["index"]["folders"] == 2
+    lsp.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(other_uri)))
     deadline = time.monotonic() + 10
     while (await stats(lsp))["index"]["folders"] > 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
