@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 
 from fimtune.corpus.read import open_corpus  # noqa: E402
 from fimtune.engines.base import Completion, Engine, EngineError, EngineRequest, EngineSettings, make_engine  # noqa: E402
-from fimtune.engines.local import LocalEngine, pick_device  # noqa: E402
+from fimtune.engines.local import LocalEngine, on_model_thread, pick_device  # noqa: E402
 from fimtune.fim_format import FimRequest, prompt_ids  # noqa: E402
 from fimtune.run_meta import read_run_meta  # noqa: E402
 
@@ -296,6 +296,9 @@ def test_every_call_runs_the_model_on_the_engines_one_thread(
             worker.join()
     assert len(ran) == 4 and len(set(ran)) == 1
     assert not set(ran) & set(callers)
+    # Asked from the model thread itself (a caller that is already there), it runs at once instead of waiting
+    # for itself.
+    assert on_model_thread(lambda: on_model_thread(threading.get_ident)) == ran[0]
 
 
 def test_a_stop_string_early_in_a_long_pass_is_seen(base: LocalEngine) -> None:

@@ -98,12 +98,18 @@ def _cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 
 # Every local engine of the process loads and runs its model on this one thread (see LocalEngine).
-_MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fimtune-model")
+_ON_MODEL_THREAD = threading.local()
+_MODEL_THREAD = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="fimtune-model", initializer=lambda: setattr(_ON_MODEL_THREAD, "yes", True)
+)
 
 
 def on_model_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """fn(*args, **kwargs) on the thread every local engine runs its model on; for code beside an engine that
-    runs a model too (a benchmark's bare generate loop), so that the process keeps one team of OpenMP threads."""
+    runs a model too (a benchmark's bare generate loop), so that the process keeps one team of OpenMP threads.
+    Called on that thread itself, fn runs at once (waiting for the thread there would wait forever)."""
+    if getattr(_ON_MODEL_THREAD, "yes", False):
+        return fn(*args, **kwargs)
     return _MODEL_THREAD.submit(fn, *args, **kwargs).result()
 
 
