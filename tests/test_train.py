@@ -125,8 +125,9 @@ def test_loss_mask_is_middle_and_end_token_through_packing_and_collation(name: s
 
     # Padding-free packing, as SFTTrainer does it: best-fit rows, then one flat row with position ids.
     packed = pack_dataset(to_dataset(cols), 256, "bfd", {})
-    meter = TokenMeter(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))
-    batch = meter([packed[i] for i in range(len(packed))])
+    meter = TokenMeter()
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([packed[i] for i in range(len(packed))])
+    meter.count(batch)
     flat_ids, flat_labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     starts = [i for i, p in enumerate(batch["position_ids"][0].tolist()) if p == 0] + [len(flat_ids)]
     seqs = [(flat_ids[a:b], flat_labels[a:b]) for a, b in itertools.pairwise(starts)]
@@ -134,9 +135,10 @@ def test_loss_mask_is_middle_and_end_token_through_packing_and_collation(name: s
     assert meter.real_share == 1.0 and meter.target == sum(map(len, want))
 
     # Padded batches: every row keeps its labels, padding is ignored and counted as not real.
-    meter = TokenMeter(DataCollatorForLanguageModeling(pad_token_id=0))
+    meter = TokenMeter()
     feats = [{"input_ids": i, "labels": lab} for i, lab in zip(cols["input_ids"], cols["labels"], strict=True)]
-    batch = meter(feats)
+    batch = DataCollatorForLanguageModeling(pad_token_id=0)(feats)
+    meter.count(batch)
     for row, f in enumerate(feats):
         n = len(f["input_ids"])
         assert batch["labels"][row, :n].tolist() == f["labels"]
@@ -221,6 +223,7 @@ def test_tiny_overfits_and_only_the_adapter_changes(corpus: Path, tmp_path: Path
     report = json.loads((out / "train_report.json").read_text())
     assert report["packing"].startswith("padding-free") and report["real_token_share"] == 1.0
     assert report["tokens_per_s"] > 0 and report["peak_memory_mib"] > 0
+    assert report["tokens"]["batches"] == 40  # the batches trained on
     # The best checkpoint by validation loss is kept, and it is the adapter the run folder holds.
     best = min(report["eval_curve"], key=lambda p: p["eval_loss"])
     assert len(report["eval_curve"]) == 2 and report["best_checkpoint"] == f"checkpoints/checkpoint-{best['step']}"
@@ -245,6 +248,14 @@ class Kill(TrainerCallback):
             raise KeyboardInterrupt
 
 
+def test_the_report_counts_the_batches_trained_on(corpus: Path, tmp_path: Path) -> None:
+    """A run that ends inside an epoch: the data loader has collated the next batch already, which is not
+    trained on and not counted."""
+    result = train(small(corpus, tmp_path / "run", max_steps=2, batch_tokens=256))
+    assert result.report["steps"] == 2 and result.report["epochs"] < 1.0
+    assert result.report["tokens"]["batches"] == 2
+
+
 @pytest.mark.slow
 def test_resume_continues_from_the_saved_step(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -260,6 +271,8 @@ def test_resume_continues_from_the_saved_step(corpus: Path, tmp_path: Path) -> N
         train(changed)  # a checkpoint of another adapter shape would not load: one line, not a traceback
     result = train(cfg)
     assert result.report["start_step"] == 2 and result.report["steps"] == 4
+    # The batches of this call's two steps, not the ones the resume skipped or collated ahead.
+    assert result.report["tokens"]["batches"] == 2 * cfg.grad_accum
     assert result.report["packing"].startswith("length-grouped")  # auto on sdpa
     assert 0.5 < result.report["real_token_share"] < 1.0
     assert [p["step"] for p in result.report["loss_curve"]] == [1, 2, 3, 4]

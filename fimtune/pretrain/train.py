@@ -29,7 +29,7 @@ from fimtune.pretrain.presets import Preset, get_preset, llama_config
 from fimtune.pretrain.tokenizer import capped, train_bpe
 from fimtune.tokenizer import save_tokenizer
 from fimtune.train.config import TrainConfig
-from fimtune.train.data import TokenMeter, to_dataset
+from fimtune.train.data import to_dataset
 from fimtune.train.sft import CHECKPOINTS, Guard, fit, peak_memory_mib, sft_config
 
 log = logging.getLogger(__name__)
@@ -553,13 +553,9 @@ def pretrain(cfg: PretrainConfig, *, callbacks: list[TrainerCallback] | None = N
 
     # 3. Trainer: fimtune train's settings; full training on every token of fixed-length rows.
     args = pretrain_args(cfg, out, bf16=dtype == "bf16")
-    ref: dict[str, Any] = {}
-    guard = Guard(ref)
+    guard = Guard()
     stopper = _Deadline(deadline, eval_s=0.0)
     trainer = pretrain_trainer(model, args, train_rows, held_rows, tokenizer, [guard, stopper, *(callbacks or [])])
-    meter = TokenMeter(trainer.data_collator)
-    trainer.data_collator = meter
-    ref.update(trainer=trainer, meter=meter)
 
     # 4. Held-out loss before any training (a fresh run), which also times one evaluation for the deadline.
     initial_path = out / INITIAL_EVAL

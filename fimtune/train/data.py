@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,25 +129,24 @@ def to_dataset(cols: Mapping[str, Any]) -> Any:
 
 
 class TokenMeter:
-    """Wraps a data collator and counts, per batch, tokens processed, real (non-pad) tokens and target tokens."""
+    """Counts the batches the optimizer trains on (`count`, called with each micro-batch as the training step gets
+    it): tokens processed, real (non-pad) tokens and target tokens. Counted at the step, not at collation: the
+    data loader collates a batch ahead of the one trained on, and `--resume` collates the batches it skips."""
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
-        self.collator = collator
+    def __init__(self) -> None:
         self.batches = 0
         self.processed = 0
         self.real = 0
         self.target = 0
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collator(features)
+    def count(self, batch: dict[str, Any]) -> None:
         ids = batch["input_ids"]
         self.batches += 1
         self.processed += int(ids.numel())
         mask = batch.get("attention_mask")
-        # Padding-free batches carry no mask: one flat row, padded only to pad_to_multiple_of.
-        self.real += int(mask.sum()) if mask is not None else sum(len(f["input_ids"]) for f in features)
+        # Padding-free batches carry no mask: one flat row of real tokens (no pad_to_multiple_of is set).
+        self.real += int(mask.sum()) if mask is not None else int(ids.numel())
         self.target += int((batch["labels"] != IGNORE_INDEX).sum())
-        return batch
 
     @property
     def real_share(self) -> float:

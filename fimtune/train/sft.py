@@ -57,19 +57,15 @@ class NonFiniteLoss(Exception):
 
 
 class Guard(TrainerCallback):
-    """Stops the run on a NaN/inf loss; remembers where the run started and hands the collator back for eval."""
+    """Stops the run on a NaN/inf loss; remembers where the run started."""
 
-    def __init__(self, trainer_ref: dict[str, Any]) -> None:
-        self.ref = trainer_ref
+    def __init__(self) -> None:
         self.start_step = 0
         self.start_tokens = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen
-        trainer = self.ref["trainer"]
-        # The train dataloader already holds the meter; evaluation batches are not counted.
-        trainer.data_collator = self.ref["meter"].collator
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps:
@@ -360,8 +356,7 @@ def _trainer(
         compute=compute,
     )
     check_vocab_fits(loaded.model, tokenizer)
-    ref: dict[str, Any] = {}
-    guard = Guard(ref)
+    guard = Guard()
     common: dict[str, Any] = dict(
         model=loaded.model,
         args=args,
@@ -375,9 +370,14 @@ def _trainer(
         trainer: SFTTrainer = EndWeightedSFTTrainer(end_loss=end_weighted_loss(end_id, cfg.end_weight), **common)
     else:
         trainer = SFTTrainer(**common)
-    meter = TokenMeter(trainer.data_collator)
-    trainer.data_collator = meter
-    ref.update(trainer=trainer, meter=meter)
+    meter = TokenMeter()
+    step = trainer.training_step
+
+    def metered(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        meter.count(inputs)
+        return step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = metered  # type: ignore[method-assign]
     return _Setup(trainer, guard, meter, loaded, args, compute, packed)
 
 
