@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from fimtune.engines.base import Completion, EngineError, EngineSettings, StopReason
+from fimtune.engines.base import Completion, EngineError, EngineRequest, EngineSettings, StopReason
 
 POLL_S = 0.01  # how often a waiting call looks at its cancel event and its deadline
 ERROR_BODY_CHARS = 300  # how much of a server's non-JSON error body goes into a message
@@ -293,23 +293,21 @@ class HttpStream:
         self,
         path: str,
         body: dict[str, Any],
-        stops: tuple[str, ...],
+        request: EngineRequest,
         payloads: Payloads,
         decode: Decoder,
         cancel: threading.Event | None = None,
-        max_tokens: int = 0,
-        settled: Callable[[str], bool] | None = None,
     ) -> Completion:
-        """POST `body` as JSON to endpoint+path and read the streamed answer until the server ends it, a stop
-        string appears or `settled` holds (the connection is then closed so the server stops), `cancel` is set or
-        timeout_s passes.
-        The text is cut at max_tokens x MAX_CHARS_PER_TOKEN characters whatever the server sends. A server that
-        ignores `stream` and answers one JSON object is read as that object."""
+        """POST `body` (made for `request`) as JSON to endpoint+path and read the streamed answer until the server
+        ends it, one of the request's stop strings appears or its `settled` holds (the connection is then closed
+        so the server stops), `cancel` is set or timeout_s passes.
+        The text is cut at the request's max_tokens x MAX_CHARS_PER_TOKEN characters whatever the server sends. A
+        server that ignores `stream` and answers one JSON object is read as that object."""
         start = time.perf_counter()
         if cancel is not None and cancel.is_set():
             return Completion("", "cancelled", 0.0)
         url = self.url(path)
-        call = _Call(stops, max_tokens * MAX_CHARS_PER_TOKEN, settled)
+        call = _Call(request.stop, request.max_tokens * MAX_CHARS_PER_TOKEN, request.settled)
         reader = threading.Thread(
             target=self._read, args=(call, url, body, payloads, decode), name=f"fimtune-{self.engine}", daemon=True
         )

@@ -83,16 +83,7 @@ class LlamaCppEngine:
         if self.settings.model:
             body["model"] = self.settings.model
         body = merge_extra(body, self.settings.extra)
-        return self.http.post(
-            "/infill",
-            body,
-            stops,
-            sse_payloads,
-            decode_message,
-            cancel,
-            max_tokens=request.max_tokens,
-            settled=request.settled,
-        )
+        return self.http.post("/infill", body, request, sse_payloads, decode_message, cancel)
 
     def check(self) -> None:
         self.http.check()

@@ -55,16 +55,7 @@ class OllamaEngine:
             "options": {"num_predict": request.max_tokens, "temperature": request.temperature, "stop": list(stops)},
         }
         body = merge_extra(body, self.settings.extra)
-        return self.http.post(
-            "/api/generate",
-            body,
-            stops,
-            ndjson_payloads,
-            decode_line,
-            cancel,
-            max_tokens=request.max_tokens,
-            settled=request.settled,
-        )
+        return self.http.post("/api/generate", body, request, ndjson_payloads, decode_line, cancel)
 
     def check(self) -> None:
         self.http.check()

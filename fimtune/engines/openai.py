@@ -63,16 +63,7 @@ class OpenAIEngine:
         if self.settings.model:
             body["model"] = self.settings.model
         body = merge_extra(body, self.settings.extra)
-        return self.http.post(
-            self.path,
-            body,
-            stops,
-            sse_payloads,
-            decode_chunk,
-            cancel,
-            max_tokens=request.max_tokens,
-            settled=request.settled,
-        )
+        return self.http.post(self.path, body, request, sse_payloads, decode_chunk, cancel)
 
     def check(self) -> None:
         self.http.check()
